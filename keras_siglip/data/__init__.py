@@ -1,0 +1,8 @@
+"""Data sets for keras_siglip."""
+
+from keras_siglip.data.shapes import (BACKGROUND_RGB, BACKGROUNDS, COLOR_RGB,
+                                      COLORS, POSITIONS, PROMPT_TEMPLATES,
+                                      SHAPES, SIZES, ShapeAttributes,
+                                      ShapesDataset, caption, class_id,
+                                      class_label, class_names, class_prompts,
+                                      render, sample_attributes, with_article)

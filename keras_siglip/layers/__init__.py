@@ -1,0 +1,11 @@
+from keras_siglip.layers.contrastive import ContrastiveHead, L2Normalize, l2_normalize
+from keras_siglip.layers.text import TextTransformer
+from keras_siglip.layers.vit import (
+    Encoder,
+    EncoderBlock,
+    MAPHead,
+    MlpBlock,
+    PositionEmbedding,
+    VisionTransformer,
+    patchify,
+)

@@ -1,0 +1,1 @@
+from keras_siglip.losses.sigmoid import SigmoidLoss, sigmoid_labels

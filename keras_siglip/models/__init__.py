@@ -1,0 +1,8 @@
+from keras_siglip.models.siglip import (
+    SigLIPBackbone,
+    SigLIPImageConverter,
+    SigLIPPreprocessor,
+    SigLIPTextEncoder,
+    SigLIPTokenizer,
+    SigLIPVisionEncoder,
+)

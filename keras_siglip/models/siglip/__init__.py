@@ -1,0 +1,6 @@
+from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
+from keras_siglip.models.siglip.siglip_image_converter import SigLIPImageConverter
+from keras_siglip.models.siglip.siglip_preprocessor import SigLIPPreprocessor
+from keras_siglip.models.siglip.siglip_text_encoder import SigLIPTextEncoder
+from keras_siglip.models.siglip.siglip_tokenizer import SigLIPTokenizer
+from keras_siglip.models.siglip.siglip_vision_encoder import SigLIPVisionEncoder

@@ -1,0 +1,127 @@
+import keras
+from keras import ops
+from keras_hub.models import Backbone
+
+from keras_siglip.layers.contrastive import ContrastiveHead, L2Normalize, l2_normalize
+from keras_siglip.losses.sigmoid import SigmoidLoss, sigmoid_labels
+from keras_siglip.utils.preset import PresetMixin
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip")
+class SigLIPBackbone(PresetMixin, Backbone):
+    """SigLIP / SigLIP 2 two-tower model.
+
+    Args:
+        vision_encoder: a `SigLIPVisionEncoder`.
+        text_encoder: a `SigLIPTextEncoder` whose output width equals the
+            image embedding width.
+        temperature_init, bias_init: initial `exp(t)` and `b` (10 and -10, the
+            SigLIP paper's values for training from scratch).
+
+    Inputs: `{"images": (B, H, W, C) float in [-1, 1], "token_ids": (B', L) int}`.
+    Outputs: `{"image_embeddings": (B, D), "text_embeddings": (B', D)` (both
+    L2-normalised), `"logits": (B, B')}` with `logits = exp(t) * cos + b`.
+
+    `fit` trains with the sigmoid loss computed from the outputs of the one
+    forward pass (no second forward in `compute_loss`); `y`, when given, is a
+    `(B, B)` matrix of +1 / -1 pair labels, else the diagonal pairs match.
+    """
+
+    def __init__(
+        self,
+        vision_encoder,
+        text_encoder,
+        temperature_init=10.0,
+        bias_init=-10.0,
+        dtype=None,
+        **kwargs,
+    ):
+        if vision_encoder.output_dim != text_encoder.output_dim:
+            raise ValueError(
+                f"The image embedding width ({vision_encoder.output_dim}) and text "
+                f"embedding width ({text_encoder.output_dim}) differ; give the "
+                "text encoder a head (`num_classes`) of the image width."
+            )
+        self.vision_encoder = vision_encoder
+        self.text_encoder = text_encoder
+        self.normalize = L2Normalize(name="normalize", dtype=dtype)
+        self.contrastive_head = ContrastiveHead(
+            temperature_init, bias_init, name="contrastive_head", dtype=dtype
+        )
+        images = keras.Input(
+            shape=(None, None, vision_encoder.num_channels), name="images"
+        )
+        token_ids = keras.Input(
+            shape=(text_encoder.sequence_length,), dtype="int32", name="token_ids"
+        )
+        image_embeddings = self.normalize(vision_encoder(images))
+        text_embeddings = self.normalize(text_encoder(token_ids))
+        logits = self.contrastive_head(image_embeddings, text_embeddings)
+        super().__init__(
+            inputs={"images": images, "token_ids": token_ids},
+            outputs={
+                "image_embeddings": image_embeddings,
+                "text_embeddings": text_embeddings,
+                "logits": logits,
+            },
+            dtype=dtype,
+            **kwargs,
+        )
+        self.temperature_init = temperature_init
+        self.bias_init = bias_init
+
+    @property
+    def embedding_dim(self):
+        return self.vision_encoder.output_dim
+
+    @property
+    def temperature(self):
+        """The current `exp(t)`."""
+        return ops.exp(self.contrastive_head.log_temperature[0])
+
+    @property
+    def bias(self):
+        return self.contrastive_head.bias[0]
+
+    def encode_images(self, images):
+        """`(B, H, W, C)` preprocessed images -> `(B, D)` L2-normalised embeddings."""
+        return l2_normalize(self.vision_encoder(images))
+
+    def encode_texts(self, token_ids):
+        """`(B, L)` token ids -> `(B, D)` L2-normalised embeddings."""
+        return l2_normalize(self.text_encoder(token_ids))
+
+    def compile(self, optimizer="auto", loss="auto", **kwargs):
+        """Defaults: AdamW (lr 1e-3, decoupled weight decay 1e-4, beta2 0.95,
+        global-norm clipping 1.0) and `SigmoidLoss`."""
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(
+                learning_rate=1e-3, weight_decay=1e-4, beta_2=0.95, global_clipnorm=1.0
+            )
+        if loss == "auto":
+            loss = SigmoidLoss()
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        logits = y_pred["logits"]
+        if y is None:
+            y = sigmoid_labels(ops.shape(logits)[0], logits.dtype)
+        return super().compute_loss(x, y, logits, sample_weight, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vision_encoder=keras.layers.serialize(self.vision_encoder),
+            text_encoder=keras.layers.serialize(self.text_encoder),
+            temperature_init=self.temperature_init,
+            bias_init=self.bias_init,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("vision_encoder", "text_encoder"):
+            if isinstance(config[key], dict):
+                config[key] = keras.layers.deserialize(config[key])
+        return super().from_config(config)

@@ -1,0 +1,51 @@
+import keras
+from keras_hub.layers import ImageConverter
+
+from keras_siglip.utils.preset import PresetMixin
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip")
+class SigLIPImageConverter(PresetMixin, ImageConverter):
+    """Resize to the model's resolution and map pixel values to [-1, 1].
+
+    Accepts `(H, W, 3)` or `(B, H, W, 3)` images of any size, uint8 or float
+    with values in [0, 255]. The aspect ratio is squashed, not cropped (as
+    big_vision `resize(RES)` and HF's processor do).
+
+    Args:
+        image_size: `(H, W)` output size.
+        interpolation, antialias: `"bilinear"` without antialias reproduces
+            big_vision's preprocessing; HF's processor is `"bicubic"` with
+            antialias. Converted checkpoints carry their source's choice.
+    """
+
+    def __init__(
+        self,
+        image_size=(224, 224),
+        scale=1.0 / 127.5,
+        offset=-1.0,
+        interpolation="bilinear",
+        antialias=False,
+        crop_to_aspect_ratio=False,
+        **kwargs,
+    ):
+        super().__init__(
+            image_size=image_size,
+            scale=scale,
+            offset=offset,
+            interpolation=interpolation,
+            antialias=antialias,
+            crop_to_aspect_ratio=crop_to_aspect_ratio,
+            **kwargs,
+        )
+
+    def call(self, inputs):
+        images = inputs["images"] if isinstance(inputs, dict) else inputs
+        shape = getattr(images, "shape", None)
+        if shape is not None and (len(shape) not in (3, 4) or shape[-1] != 3):
+            raise ValueError(
+                "Expected RGB images of shape (height, width, 3) or (batch, height, "
+                f"width, 3); got shape {tuple(shape)}. Convert grayscale or RGBA "
+                "images to RGB first."
+            )
+        return super().call(inputs)

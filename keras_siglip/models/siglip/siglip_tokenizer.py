@@ -1,0 +1,85 @@
+import re
+import string
+
+import keras
+import numpy as np
+from keras_hub.tokenizers import SentencePieceTokenizer
+
+from keras_siglip.utils.preset import PresetMixin
+
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+_TF_PUNCTUATION = "[" + re.escape(string.punctuation) + "]"
+
+
+def normalize_text(text, lowercase=True, canonicalize=True):
+    """Python form: `_` -> space, drop ASCII punctuation, lowercase, collapse spaces."""
+    if canonicalize:
+        text = text.replace("_", " ").translate(_PUNCTUATION)
+    if lowercase:
+        text = text.lower()
+    if canonicalize:
+        text = re.sub(r"\s+", " ", text).strip()
+    return text
+
+
+def normalize_text_tf(text, lowercase=True, canonicalize=True):
+    """TensorFlow form of `normalize_text`, for tf.data and graph tracing."""
+    import tensorflow as tf
+
+    if canonicalize:
+        text = tf.strings.regex_replace(text, "_", " ")
+        text = tf.strings.regex_replace(text, _TF_PUNCTUATION, "")
+    if lowercase:
+        text = tf.strings.lower(text, encoding="utf-8")
+    if canonicalize:
+        text = tf.strings.strip(tf.strings.regex_replace(text, r"\s+", " "))
+    return text
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip")
+class SigLIPTokenizer(PresetMixin, SentencePieceTokenizer):
+    """SentencePiece tokenizer with SigLIP's text normalisation and special tokens.
+
+    Args:
+        proto: SentencePiece model (path or serialized bytes). Vocabularies in
+            use: T5 `cc_en.32000` and mT5 `mc4.250000` (SigLIP), Gemma 256k
+            (SigLIP 2). All have `</s>` = 1.
+        pad_token: `"</s>"` for SigLIP 1 (pads with EOS), `"<pad>"` for SigLIP 2.
+        lowercase: lowercase texts (all released checkpoints expect it).
+        canonicalize: also replace `_` by space, drop ASCII punctuation and
+            collapse whitespace (HF's SigLIP tokenizer, keras-hub, open_clip).
+
+    Output: token ids without BOS or EOS; `SigLIPPreprocessor` packs them.
+    """
+
+    def __init__(self, proto=None, pad_token="</s>", lowercase=True, canonicalize=True, **kwargs):
+        self.pad_token = pad_token
+        self.lowercase = lowercase
+        self.canonicalize = canonicalize
+        self._add_special_token("</s>", "end_token")
+        self._add_special_token(pad_token, "pad_token")
+        super().__init__(proto=proto, **kwargs)
+
+    def normalize(self, inputs):
+        if self._use_tf_workflow():
+            return normalize_text_tf(inputs, self.lowercase, self.canonicalize)
+        norm = lambda s: normalize_text(
+            s.decode("utf-8") if isinstance(s, bytes) else s, self.lowercase, self.canonicalize
+        )
+        if isinstance(inputs, (str, bytes)):
+            return norm(inputs)
+        if not isinstance(inputs, (list, tuple)):
+            inputs = np.asarray(inputs).tolist()
+            if not isinstance(inputs, list):
+                return norm(inputs)
+        return [norm(s) for s in inputs]
+
+    def tokenize(self, inputs):
+        return super().tokenize(self.normalize(inputs))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            pad_token=self.pad_token, lowercase=self.lowercase, canonicalize=self.canonicalize
+        )
+        return config

@@ -1,0 +1,140 @@
+"""Preset cards: every published SigLIP / SigLIP 2 checkpoint, and the shipped presets.
+
+A card gives the architecture (`config`, enough to build the model with random
+weights), the parameter count of that architecture, and where the published
+weights live: the keras-hub Kaggle handle, the Hugging Face repo id and the
+big_vision file. Shipped presets (trained here, a few MB) live in folders beside
+this file and load offline by name.
+"""
+
+import os
+
+from keras_siglip.layers.vit import decode_variant
+
+PRESETS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# vocabulary -> (tokenizer name, pad token)
+VOCABULARIES = {
+    32_000: ("T5 SentencePiece cc_en.32000 (big_vision c4_en)", "</s>"),
+    250_000: ("mT5 SentencePiece mc4.250000.100extra (big_vision mc4)", "</s>"),
+    256_000: ("Gemma SentencePiece", "<pad>"),
+}
+EMBEDDING_DIMS = {"B": 768, "L": 1024, "So400m": 1152, "g-opt": 1536}
+
+
+def siglip_config(image_variant, image_size, text_variant, vocabulary_size, sequence_length=64, text_head=True):
+    """The `SigLIPBackbone` config of a released checkpoint (big_vision two_towers)."""
+    image = decode_variant(image_variant)
+    text = decode_variant(text_variant)
+    name = image_variant.split("/")[0]
+    return {
+        "vision_encoder": {**image, "image_size": image_size, "pooling": "map"},
+        "text_encoder": {
+            **text,
+            "vocabulary_size": vocabulary_size,
+            "sequence_length": sequence_length,
+            "pooling": "last",
+            "num_classes": EMBEDDING_DIMS[name] if text_head else None,
+        },
+    }
+
+
+def parameter_count(config):
+    """Trainable parameters of a `SigLIPBackbone` config, without building it."""
+
+    def encoder(width, depth, mlp_dim):
+        attention = 4 * (width * width + width)
+        mlp = 2 * width * mlp_dim + mlp_dim + width
+        return depth * (attention + mlp + 4 * width) + 2 * width
+
+    def map_head(width, mlp_dim):
+        return width + 4 * (width * width + width) + 2 * width + 2 * width * mlp_dim + mlp_dim + width
+
+    v, t = config["vision_encoder"], config["text_encoder"]
+    size = v["image_size"]
+    grid = (size // v["patch_size"]) ** 2 if isinstance(size, int) else (size[0] // v["patch_size"]) * (size[1] // v["patch_size"])
+    vision = (v["patch_size"] ** 2 * 3 + 1) * v["width"] + grid * v["width"]
+    vision += encoder(v["width"], v["depth"], v["mlp_dim"]) + map_head(v["width"], v["mlp_dim"])
+    text = (t["vocabulary_size"] + t["sequence_length"]) * t["width"]
+    text += encoder(t["width"], t["depth"], t["mlp_dim"])
+    if t.get("num_classes"):
+        text += (t["width"] + 1) * t["num_classes"]
+    return vision + text + 2  # + log-temperature t and bias b
+
+
+def _card(family, description, config, hf, kaggle, big_vision, params):
+    vocabulary = config["text_encoder"]["vocabulary_size"]
+    return {
+        "metadata": {
+            "family": family,
+            "description": description,
+            "params": params,
+            "image_size": config["vision_encoder"]["image_size"],
+            "tokenizer": VOCABULARIES[vocabulary][0],
+            "pad_token": VOCABULARIES[vocabulary][1],
+        },
+        "config": config,
+        "sources": {"huggingface": hf, "kaggle": kaggle, "big_vision": big_vision},
+    }
+
+
+def _published():
+    cards = {}
+    bv1 = "gs://big_vision/siglip/"
+    kaggle = "kaggle://keras/siglip/keras/{}/1"
+    # name: (image variant, res, text variant, vocab, text length, text head, HF id, bv file, params)
+    siglip1 = {
+        "siglip_base_patch16_224": ("B/16", 224, "B", 32_000, 64, True, "google/siglip-base-patch16-224", "webli_en_b16_224_63724782.npz", 203_155_970),
+        "siglip_base_patch16_256": ("B/16", 256, "B", 32_000, 64, True, "google/siglip-base-patch16-256", "webli_en_b16_256_60500360.npz", 203_202_050),
+        "siglip_base_patch16_384": ("B/16", 384, "B", 32_000, 64, True, "google/siglip-base-patch16-384", "webli_en_b16_384_68578854.npz", 203_447_810),
+        "siglip_base_patch16_512": ("B/16", 512, "B", 32_000, 64, True, "google/siglip-base-patch16-512", "webli_en_b16_512_68580893.npz", 203_791_874),
+        "siglip_large_patch16_256": ("L/16", 256, "L", 32_000, 64, True, "google/siglip-large-patch16-256", "webli_en_l16_256_60552751.npz", 652_150_786),
+        "siglip_large_patch16_384": ("L/16", 384, "L", 32_000, 64, True, "google/siglip-large-patch16-384", "webli_en_l16_384_63634585.npz", 652_478_466),
+        "siglip_so400m_patch14_224": ("So400m/14", 224, "So400m", 32_000, 16, True, "google/siglip-so400m-patch14-224", "webli_en_so400m_224_57633886.npz", 877_360_306),
+        "siglip_so400m_patch14_384": ("So400m/14", 384, "So400m", 32_000, 64, True, "google/siglip-so400m-patch14-384", "webli_en_so400m_384_58765454.npz", 877_960_498),
+        "siglip_base_patch16_256_i18n": ("B/16", 256, "B", 250_000, 64, True, "google/siglip-base-patch16-256-multilingual", "webli_i18n_b16_256_66117334.npz", 370_626_050),
+        "siglip_so400m_patch16_256_i18n": ("So400m/16", 256, "So400m", 250_000, 64, False, "google/siglip-so400m-patch16-256-i18n", "webli_i18n_so400m_16_256_78061115.npz", 1_127_430_706),
+    }
+    kaggle_names = {"siglip_base_patch16_256_i18n": "siglip_base_patch16_256_multilingual"}
+    for name, (iv, res, tv, vocab, length, head, hf, bv, params) in siglip1.items():
+        config = siglip_config(iv, res, tv, vocab, length, head)
+        desc = f"SigLIP {iv} at {res}px, {vocab // 1000}k vocabulary"
+        if not head:
+            # The big_vision checkpoint has no text head; the HF and keras-hub
+            # ports add an identity Dense (width^2 + width more parameters).
+            desc += ", no text head"
+        cards[name] = _card("SigLIP", desc, config, hf, kaggle.format(kaggle_names.get(name, name)), bv1 + bv, params)
+    siglip2 = {
+        "siglip2_base_patch32_256": ("B/32", 256, "B", "b32", 376_856_066),
+        "siglip2_base_patch16_224": ("B/16", 224, "B", "b16", 375_187_970),
+        "siglip2_base_patch16_256": ("B/16", 256, "B", "b16", 375_234_050),
+        "siglip2_base_patch16_384": ("B/16", 384, "B", "b16", 375_479_810),
+        "siglip2_base_patch16_512": ("B/16", 512, "B", "b16", 375_823_874),
+        "siglip2_large_patch16_256": ("L/16", 256, "L", "l16", 881_526_786),
+        "siglip2_large_patch16_384": ("L/16", 384, "L", "l16", 881_854_466),
+        "siglip2_large_patch16_512": ("L/16", 512, "L", "l16", 882_313_218),
+        "siglip2_so400m_patch14_224": ("So400m/14", 224, "So400m", "so400m14", 1_135_463_602),
+        "siglip2_so400m_patch14_384": ("So400m/14", 384, "So400m", "so400m14", 1_136_008_498),
+        "siglip2_so400m_patch16_256": ("So400m/16", 256, "So400m", "so400m16", 1_135_670_962),
+        "siglip2_so400m_patch16_384": ("So400m/16", 384, "So400m", "so400m16", 1_136_039_602),
+        "siglip2_so400m_patch16_512": ("So400m/16", 512, "So400m", "so400m16", 1_136_555_698),
+        "siglip2_giant_opt_patch16_256": ("g-opt/16", 256, "So400m", "g-opt16", 1_871_393_906),
+        "siglip2_giant_opt_patch16_384": ("g-opt/16", 384, "So400m", "g-opt16", 1_871_885_426),
+    }
+    for name, (iv, res, tv, tag, params) in siglip2.items():
+        config = siglip_config(iv, res, tv, 256_000)
+        hf = "google/" + name.replace("_", "-")
+        desc = f"SigLIP 2 {iv} at {res}px, Gemma 256k vocabulary"
+        bv = f"gs://big_vision/siglip2/siglip2_{tag}_{res}.npz"
+        cards[name] = _card("SigLIP 2", desc, config, hf, kaggle.format(name), bv, params)
+    return cards
+
+
+PUBLISHED_PRESETS = _published()
+
+# Presets trained and shipped with the package: name -> folder beside this file.
+SHIPPED_PRESETS = {
+    name: os.path.join(PRESETS_DIR, name)
+    for name in sorted(os.listdir(PRESETS_DIR))
+    if os.path.isfile(os.path.join(PRESETS_DIR, name, "config.json"))
+}

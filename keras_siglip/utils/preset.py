@@ -1,0 +1,80 @@
+"""Preset names, clear errors for unknown ones, and atomic preset writes."""
+
+import contextlib
+import difflib
+import os
+import shutil
+import tempfile
+
+from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
+
+# Temporary folders being written now: nested saves (a task saving its backbone
+# and preprocessor) write straight into them.
+_OPEN_WRITES = set()
+
+
+def known_preset_names():
+    from keras_siglip.presets import PUBLISHED_PRESETS
+
+    return sorted(set(BUILTIN_PRESETS) | set(PUBLISHED_PRESETS))
+
+
+def check_preset(preset):
+    """Raise a clear error unless `preset` is a URI, a folder or a known name."""
+    if not isinstance(preset, (str, os.PathLike)):
+        raise TypeError(f"A preset must be a name, URI or folder path; got {preset!r}.")
+    preset = os.fspath(preset)
+    if "://" in preset or os.path.isdir(preset) or preset in BUILTIN_PRESETS:
+        return preset
+    if os.path.exists(preset):
+        raise ValueError(f"Preset {preset!r} is a file; a preset is a folder.")
+    names = known_preset_names()
+    close = difflib.get_close_matches(preset, names, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"Unknown preset {preset!r}: not a known name, a folder, or a "
+        f"kaggle:// / hf:// URI.{hint} List the names with `keras-siglip presets`."
+    )
+
+
+@contextlib.contextmanager
+def atomic_directory(target):
+    """Yield a temporary sibling folder that replaces `target` only on success.
+
+    An interrupted write leaves `target` as it was: the new content becomes
+    visible by renames, after it is complete.
+    """
+    target = os.path.abspath(os.fspath(target))
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    _OPEN_WRITES.add(tmp)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        _OPEN_WRITES.discard(tmp)
+    old = None
+    if os.path.exists(target):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
+        os.rmdir(old)
+        os.rename(target, old)
+    os.rename(tmp, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class PresetMixin:
+    """Adds name checking to `from_preset` and atomic `save_to_preset`."""
+
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        return super().from_preset(check_preset(preset), **kwargs)
+
+    def save_to_preset(self, preset_dir, **kwargs):
+        if os.path.abspath(os.fspath(preset_dir)) in _OPEN_WRITES:
+            return super().save_to_preset(preset_dir, **kwargs)
+        with atomic_directory(preset_dir) as tmp:
+            super().save_to_preset(tmp, **kwargs)
