@@ -5,4 +5,5 @@ from keras_siglip.models.siglip import (
     SigLIPTextEncoder,
     SigLIPTokenizer,
     SigLIPVisionEncoder,
+    SigLIPZeroShotClassifier,
 )

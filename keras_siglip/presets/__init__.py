@@ -19,14 +19,12 @@ VOCABULARIES = {
     250_000: ("mT5 SentencePiece mc4.250000.100extra (big_vision mc4)", "</s>"),
     256_000: ("Gemma SentencePiece", "<pad>"),
 }
-EMBEDDING_DIMS = {"B": 768, "L": 1024, "So400m": 1152, "g-opt": 1536}
 
 
 def siglip_config(image_variant, image_size, text_variant, vocabulary_size, sequence_length=64, text_head=True):
     """The `SigLIPBackbone` config of a released checkpoint (big_vision two_towers)."""
     image = decode_variant(image_variant)
     text = decode_variant(text_variant)
-    name = image_variant.split("/")[0]
     return {
         "vision_encoder": {**image, "image_size": image_size, "pooling": "map"},
         "text_encoder": {
@@ -34,7 +32,8 @@ def siglip_config(image_variant, image_size, text_variant, vocabulary_size, sequ
             "vocabulary_size": vocabulary_size,
             "sequence_length": sequence_length,
             "pooling": "last",
-            "num_classes": EMBEDDING_DIMS[name] if text_head else None,
+            # The text head maps to the image width (the embedding size).
+            "num_classes": image["width"] if text_head else None,
         },
     }
 
@@ -52,11 +51,21 @@ def parameter_count(config):
 
     v, t = config["vision_encoder"], config["text_encoder"]
     size = v["image_size"]
-    grid = (size // v["patch_size"]) ** 2 if isinstance(size, int) else (size[0] // v["patch_size"]) * (size[1] // v["patch_size"])
-    vision = (v["patch_size"] ** 2 * 3 + 1) * v["width"] + grid * v["width"]
-    vision += encoder(v["width"], v["depth"], v["mlp_dim"]) + map_head(v["width"], v["mlp_dim"])
+    h, w = (size, size) if isinstance(size, int) else size
+    grid = (h // v["patch_size"]) * (w // v["patch_size"])
+    vision = (v["patch_size"] ** 2 * v.get("num_channels", 3) + 1) * v["width"] + grid * v["width"]
+    vision += encoder(v["width"], v["depth"], v["mlp_dim"])
+    pooling = v.get("pooling", "map")
+    if pooling == "map":
+        vision += map_head(v["width"], v["mlp_dim"])
+    elif pooling == "token":
+        vision += v["width"]  # the class token
+    if v.get("num_classes"):
+        vision += (v["width"] + 1) * v["num_classes"]
     text = (t["vocabulary_size"] + t["sequence_length"]) * t["width"]
     text += encoder(t["width"], t["depth"], t["mlp_dim"])
+    if t.get("pooling", "last") == "map":
+        text += map_head(t["width"], t["mlp_dim"])
     if t.get("num_classes"):
         text += (t["width"] + 1) * t["num_classes"]
     return vision + text + 2  # + log-temperature t and bias b

@@ -9,7 +9,8 @@ class SigLIPImageConverter(PresetMixin, ImageConverter):
     """Resize to the model's resolution and map pixel values to [-1, 1].
 
     Accepts `(H, W, 3)` or `(B, H, W, 3)` images of any size, uint8 or float
-    with values in [0, 255]. The aspect ratio is squashed, not cropped (as
+    with values in [0, 255], resized in float32 (no rounding back to uint8;
+    big_vision truncates to uint8 after resizing: < 1 grey level apart). The aspect ratio is squashed, not cropped (as
     big_vision `resize(RES)` and HF's processor do).
 
     Args:
@@ -48,4 +49,13 @@ class SigLIPImageConverter(PresetMixin, ImageConverter):
                 f"width, 3); got shape {tuple(shape)}. Convert grayscale or RGBA "
                 "images to RGB first."
             )
-        return super().call(inputs)
+        # Resize in float: uint8 inputs would otherwise be rounded after the
+        # resize on some paths (eager) and not on others (tf.data).
+        images = keras.ops.cast(images, "float32") if not self._use_tf_workflow() else _tf_float(images)
+        return super().call({**inputs, "images": images} if isinstance(inputs, dict) else images)
+
+
+def _tf_float(images):
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32)

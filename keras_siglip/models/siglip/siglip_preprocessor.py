@@ -15,7 +15,8 @@ def _is_text(x):
         return isinstance(x, (str, bytes)) or (
             isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], (str, bytes))
         )
-    return str(dtype) in ("<dtype: 'string'>", "string") or getattr(dtype, "kind", "") in "SUO"
+    kind = getattr(dtype, "kind", None)  # numpy dtypes
+    return str(dtype) in ("<dtype: 'string'>", "string") or (kind is not None and kind in "SUO")
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -59,6 +60,8 @@ class SigLIPPreprocessor(PresetMixin, Preprocessor):
     def pack_texts(self, texts):
         if self.tokenizer is None:
             raise ValueError("This preprocessor has no tokenizer; it cannot take texts.")
+        if not self.built:
+            self.build(None)
         return self.packer(self.tokenizer(texts), add_end_value=True)
 
     def convert_images(self, images):

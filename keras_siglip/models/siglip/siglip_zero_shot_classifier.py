@@ -1,0 +1,130 @@
+import keras
+import numpy as np
+from keras import ops
+from keras_hub.models import Task
+
+from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
+from keras_siglip.models.siglip.siglip_preprocessor import SigLIPPreprocessor
+from keras_siglip.utils.preset import PresetMixin
+
+
+def class_text_embeddings(backbone, preprocessor, class_names, templates=("{}",), batch_size=256):
+    """Class embeddings as big_vision's zero-shot evaluator builds them.
+
+    Each class name is put into every template, embedded, and the normalised
+    embeddings are averaged over templates and renormalised.
+
+    Returns:
+        `(num_classes, D)` float32 numpy array.
+    """
+    texts = [template.format(name) for name in class_names for template in templates]
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        token_ids = preprocessor.pack_texts(texts[start : start + batch_size])
+        chunks.append(ops.convert_to_numpy(backbone.encode_texts(token_ids)))
+    embeddings = np.concatenate(chunks).reshape(len(class_names), len(templates), -1).mean(1)
+    return embeddings / (np.linalg.norm(embeddings, axis=-1, keepdims=True) + 1e-8)
+
+
+class ClassScores(keras.layers.Layer):
+    """Sigmoid probability of each class text for each image.
+
+    Holds the class embeddings `(K, D)` as a non-trainable weight and shares `t`
+    and `b` with the backbone's `ContrastiveHead`.
+
+    Call args: image embeddings `(B, D)`, L2-normalised. Returns `(B, K)`.
+    """
+
+    def __init__(self, contrastive_head, num_classes, embedding_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.contrastive_head = contrastive_head
+        self.num_classes = num_classes
+        self.embedding_dim = embedding_dim
+
+    def build(self, input_shape):
+        self.class_embeddings = self.add_weight(
+            name="class_embeddings",
+            shape=(self.num_classes, self.embedding_dim),
+            initializer="zeros",
+            trainable=False,
+        )
+
+    def call(self, image_embeddings):
+        return ops.sigmoid(self.contrastive_head(image_embeddings, self.class_embeddings))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes)
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip")
+class SigLIPZeroShotClassifier(PresetMixin, Task):
+    """Zero-shot image classification with a SigLIP model.
+
+    Args:
+        backbone: a `SigLIPBackbone`.
+        preprocessor: a `SigLIPPreprocessor` (its tokenizer embeds the class
+            texts; its image converter prepares images in `predict`).
+        class_names: the labels, e.g. `["red circle", "blue square"]`.
+        templates: prompt templates with one `{}`; class embeddings are the
+            renormalised mean over templates.
+
+    Inputs: raw images `(B, H, W, 3)` through `predict` and `classify`;
+    `{"images": preprocessed images}` when calling the model directly. Outputs: `(B, num_classes)` sigmoid
+    probabilities, each an independent image-text match probability (they do
+    not sum to 1).
+    """
+
+    backbone_cls = SigLIPBackbone
+    preprocessor_cls = SigLIPPreprocessor
+
+    def __init__(self, backbone, preprocessor, class_names, templates=("{}",), **kwargs):
+        if not class_names:
+            raise ValueError("`class_names` must name at least one class.")
+        templates = tuple(templates)
+        if any(t.count("{}") != 1 for t in templates):
+            raise ValueError(f"Each template needs exactly one '{{}}'; got {templates}.")
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+        self.class_scores = ClassScores(
+            backbone.contrastive_head,
+            len(class_names),
+            backbone.embedding_dim,
+            name="class_scores",
+        )
+        images = keras.Input(shape=(None, None, backbone.vision_encoder.num_channels), name="images")
+        probabilities = self.class_scores(backbone.normalize(backbone.vision_encoder(images)))
+        super().__init__(inputs={"images": images}, outputs=probabilities, **kwargs)
+        self.class_names = list(class_names)
+        self.templates = templates
+        self.class_scores.class_embeddings.assign(
+            class_text_embeddings(backbone, preprocessor, self.class_names, templates)
+        )
+
+    def classify(self, images, top_k=5):
+        """Rank the labels for each image.
+
+        Args:
+            images: one raw image `(H, W, 3)` or a list of them (any sizes).
+            top_k: how many labels to return per image.
+
+        Returns:
+            One list per image of `(label, probability)` pairs, best first.
+        """
+        if getattr(images, "ndim", None) == 3 or (
+            hasattr(images, "shape") and len(images.shape) == 3
+        ):
+            images = [images]
+        batch = np.stack(
+            [ops.convert_to_numpy(self.preprocessor.convert_images(image)) for image in images]
+        )
+        probabilities = ops.convert_to_numpy(self({"images": batch}))
+        ranked = np.argsort(-probabilities, axis=-1)[:, :top_k]
+        return [
+            [(self.class_names[k], float(p[k])) for k in order]
+            for order, p in zip(ranked, probabilities)
+        ]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(class_names=self.class_names, templates=list(self.templates))
+        return config

@@ -1,0 +1,68 @@
+import io
+
+import numpy as np
+import pytest
+
+SENTENCES = [
+    "a photo of a red circle",
+    "two blue squares at the bottom",
+    "a small green triangle in the top left",
+    "The quick brown fox jumped over the lazy dog!",
+    "un chat noir et un chien blanc",
+] * 4
+
+
+def train_sentencepiece(layout):
+    """A tiny SentencePiece model with T5 (SigLIP) or Gemma (SigLIP 2) special ids."""
+    import sentencepiece
+
+    ids = {
+        "t5": dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1),
+        "gemma": dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3),
+    }[layout]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCES),
+        model_writer=model,
+        vocab_size=60,
+        model_type="word",
+        pad_piece="<pad>",
+        eos_piece="</s>",
+        bos_piece="<s>",
+        unk_piece="<unk>",
+        hard_vocab_limit=False,
+        minloglevel=2,
+        **ids,
+    )
+    return model.getvalue()
+
+
+@pytest.fixture(scope="session")
+def t5_proto():
+    return train_sentencepiece("t5")
+
+
+@pytest.fixture(scope="session")
+def gemma_proto():
+    return train_sentencepiece("gemma")
+
+
+def tiny_backbone(vocabulary_size=60, sequence_length=8, image_size=32, seed=0, **text):
+    import keras
+
+    from keras_siglip.models import SigLIPBackbone, SigLIPTextEncoder, SigLIPVisionEncoder
+
+    keras.utils.set_random_seed(seed)
+    vision = SigLIPVisionEncoder(
+        patch_size=8, width=32, depth=2, num_heads=2, mlp_dim=64, image_size=image_size
+    )
+    text_encoder = SigLIPTextEncoder(
+        vocabulary_size=vocabulary_size, width=24, depth=2, num_heads=2, mlp_dim=48,
+        sequence_length=sequence_length, num_classes=32, **text,
+    )
+    return SigLIPBackbone(vision, text_encoder)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
