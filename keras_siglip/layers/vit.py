@@ -199,7 +199,7 @@ class MAPHead(keras.layers.Layer):
 
     Call args:
         x: `(B, N, W)` tokens.
-        mask: optional `(B, N)`, 1 for tokens that may be attended.
+        key_mask: optional `(B, N)`, 1 for tokens that may be attended.
 
     Returns:
         `(B, W)`.
@@ -222,11 +222,11 @@ class MAPHead(keras.layers.Layer):
         self.mlp = MlpBlock(self.mlp_dim, name="mlp", dtype=self.dtype_policy)
         self.mlp.build((None, 1, width))
 
-    def call(self, x, mask=None):
+    def call(self, x, key_mask=None):
         probe = ops.broadcast_to(
             ops.cast(self.probe, x.dtype), (ops.shape(x)[0], 1, x.shape[-1])
         )
-        attention_mask = None if mask is None else ops.cast(mask, "bool")[:, None, :]
+        attention_mask = None if key_mask is None else ops.cast(key_mask, "bool")[:, None, :]
         y = self.attention(probe, x, attention_mask=attention_mask)
         y = y + self.mlp(self.norm(y))
         return y[:, 0]

@@ -56,9 +56,9 @@ def train_sentencepiece(texts, vocabulary_size=384):
     return model.getvalue()
 
 
-def build_backbone(vocabulary_size):
+def build_backbone(vocabulary_size, patch_size=6):
     vision = SigLIPVisionEncoder(
-        patch_size=8, width=128, depth=3, num_heads=4, mlp_dim=256, image_size=IMAGE_SIZE
+        patch_size=patch_size, width=128, depth=3, num_heads=4, mlp_dim=256, image_size=IMAGE_SIZE
     )
     text = SigLIPTextEncoder(
         vocabulary_size=vocabulary_size, width=128, depth=2, num_heads=4, mlp_dim=256,
@@ -87,6 +87,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--patch-size", type=int, default=6)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
     args = parser.parse_args(argv)
     keras.utils.set_random_seed(args.seed)
     start = time.time()
@@ -104,10 +106,10 @@ def main(argv=None):
     x = preprocessor({"images": train["images"], "texts": train["captions"]})
     x = {k: keras.ops.convert_to_numpy(v) for k, v in x.items()}
 
-    backbone = build_backbone(tokenizer.vocabulary_size())
+    backbone = build_backbone(tokenizer.vocabulary_size(), args.patch_size)
     steps = args.epochs * (args.num_train // args.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps, warmup_target=1e-3, warmup_steps=max(1, steps // 10)
+        0.0, decay_steps=steps, warmup_target=args.learning_rate, warmup_steps=max(1, steps // 10)
     )
     backbone.compile(
         optimizer=keras.optimizers.AdamW(

@@ -5,6 +5,7 @@ from keras_hub.models import Backbone
 from keras_siglip.layers.contrastive import ContrastiveHead, L2Normalize, l2_normalize
 from keras_siglip.losses.sigmoid import SigmoidLoss, sigmoid_labels
 from keras_siglip.utils.preset import PresetMixin
+from keras_siglip.utils.tensors import check_token_ids
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -113,6 +114,24 @@ class SigLIPBackbone(PresetMixin, Backbone):
     def encode_texts(self, token_ids):
         """`(B, L)` token ids -> `(B, D)` L2-normalised embeddings."""
         return l2_normalize(self.text_encoder(token_ids))
+
+    def _check_arrays(self, x):
+        # Compiled steps cannot raise on values; check in-memory arrays up front
+        # so out-of-vocabulary ids fail clearly instead of being clamped.
+        if isinstance(x, dict) and x.get("token_ids") is not None:
+            check_token_ids(x["token_ids"], self.text_encoder.vocabulary_size)
+
+    def fit(self, x=None, *args, **kwargs):
+        self._check_arrays(x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self._check_arrays(x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_arrays(x)
+        return super().predict(x, *args, **kwargs)
 
     def compile(self, optimizer="auto", loss="auto", **kwargs):
         """Defaults: AdamW (lr 1e-3, decoupled weight decay 1e-4, beta2 0.95,

@@ -52,29 +52,25 @@ class SigLIPTextEncoder(PresetMixin, Backbone):
             inputs=token_ids, outputs=self.transformer(token_ids), dtype=dtype, **kwargs
         )
         self.token_embedding = self.transformer.token_embedding
-        self.vocabulary_size = vocabulary_size
-        self.width = width
-        self.depth = depth
-        self.num_heads = num_heads
-        self.mlp_dim = mlp_dim
-        self.sequence_length = sequence_length
-        self.pooling = pooling
-        self.num_classes = num_classes
+
+    @property
+    def vocabulary_size(self):
+        return self.transformer.vocabulary_size
+
+    @property
+    def sequence_length(self):
+        return self.transformer.sequence_length
 
     @property
     def output_dim(self):
-        return self.num_classes or self.width
+        return self.transformer.num_classes or self.transformer.width
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            vocabulary_size=self.vocabulary_size,
-            width=self.width,
-            depth=self.depth,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            sequence_length=self.sequence_length,
-            pooling=self.pooling,
-            num_classes=self.num_classes,
-        )
+        layer = self.transformer.get_config()
+        for key in (
+            "vocabulary_size", "width", "depth", "num_heads", "mlp_dim",
+            "sequence_length", "pooling", "num_classes",
+        ):
+            config[key] = layer[key]
         return config

@@ -53,33 +53,22 @@ class SigLIPVisionEncoder(PresetMixin, Backbone):
         )
         images = keras.Input(shape=(None, None, num_channels), name="images")
         super().__init__(inputs=images, outputs=self.vit(images), dtype=dtype, **kwargs)
-        self.patch_size = patch_size
-        self.width = width
-        self.depth = depth
-        self.num_heads = num_heads
-        self.mlp_dim = mlp_dim
         self.image_size = image_size
-        self.pooling = pooling
-        self.num_classes = num_classes
-        self.num_channels = num_channels
+
+    @property
+    def num_channels(self):
+        return self.vit.num_channels
 
     @property
     def output_dim(self):
-        return self.num_classes or self.width
+        return self.vit.num_classes or self.vit.width
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            patch_size=self.patch_size,
-            width=self.width,
-            depth=self.depth,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            image_size=self.image_size,
-            pooling=self.pooling,
-            num_classes=self.num_classes,
-            num_channels=self.num_channels,
-        )
+        vit = self.vit.get_config()
+        for key in ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pooling", "num_classes", "num_channels"):
+            config[key] = vit[key]
+        config["image_size"] = self.image_size
         return config
 
 

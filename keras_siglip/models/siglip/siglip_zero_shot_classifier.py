@@ -96,9 +96,12 @@ class SigLIPZeroShotClassifier(PresetMixin, Task):
         super().__init__(inputs={"images": images}, outputs=probabilities, **kwargs)
         self.class_names = list(class_names)
         self.templates = templates
-        self.class_scores.class_embeddings.assign(
-            class_text_embeddings(backbone, preprocessor, self.class_names, templates)
-        )
+        # A task restored from its own preset has no vocabulary yet at this
+        # point; its class embeddings come back with the task weights.
+        if preprocessor.tokenizer.proto is not None:
+            self.class_scores.class_embeddings.assign(
+                class_text_embeddings(backbone, preprocessor, self.class_names, templates)
+            )
 
     def classify(self, images, top_k=5):
         """Rank the labels for each image.

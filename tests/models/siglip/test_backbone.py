@@ -141,7 +141,13 @@ def test_bad_inputs_give_clear_errors(rng):
         model.encode_texts(np.full((2, 8), 60, "int32"))
     with pytest.raises(ValueError, match=r"\[0, 60\)"):
         model.encode_texts(np.full((2, 8), -1, "int32"))
-    with pytest.raises(ValueError, match="fixed length of 8"):
+    bad = {**x, "token_ids": np.full((3, 8), 99, "int32")}
+    with pytest.raises(ValueError, match=r"\[0, 60\)"):
+        model.predict(bad, verbose=0)
+    model.compile()
+    with pytest.raises(ValueError, match=r"\[0, 60\)"):
+        model.fit(bad, verbose=0)
+    with pytest.raises(ValueError, match=r"token_ids.*\(None, 8\)|fixed length of 8"):
         model.encode_texts(x["token_ids"][:, :5])
 
 

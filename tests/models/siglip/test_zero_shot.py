@@ -1,0 +1,73 @@
+"""SigLIPZeroShotClassifier: class embeddings, probabilities, ranking, presets."""
+
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_siglip.models import (
+    SigLIPImageConverter,
+    SigLIPPreprocessor,
+    SigLIPTokenizer,
+    SigLIPZeroShotClassifier,
+)
+from tests.conftest import tiny_backbone
+
+LABELS = ["red circle", "blue square", "green triangle"]
+TEMPLATES = ("a photo of a {}.", "a {}")
+
+
+@pytest.fixture
+def classifier(gemma_proto):
+    backbone = tiny_backbone()
+    preprocessor = SigLIPPreprocessor(
+        SigLIPTokenizer(gemma_proto, pad_token="<pad>"),
+        SigLIPImageConverter(image_size=(32, 32)),
+        sequence_length=8,
+    )
+    return SigLIPZeroShotClassifier(backbone, preprocessor, LABELS, TEMPLATES)
+
+
+def test_class_embeddings_are_renormalised_template_means(classifier):
+    pre, backbone = classifier.preprocessor, classifier.backbone
+    for k, label in enumerate(LABELS):
+        texts = [t.format(label) for t in TEMPLATES]
+        mean = ops.convert_to_numpy(backbone.encode_texts(pre.pack_texts(texts))).mean(0)
+        expected = mean / np.linalg.norm(mean)
+        got = ops.convert_to_numpy(classifier.class_scores.class_embeddings)[k]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_predict_gives_sigmoid_of_backbone_logits(classifier, rng):
+    images = rng.integers(0, 256, (3, 40, 30, 3), dtype=np.uint8)
+    probabilities = classifier.predict(images, verbose=0)
+    assert probabilities.shape == (3, 3)
+    x = ops.convert_to_numpy(classifier.preprocessor.convert_images(images))
+    zimg = ops.convert_to_numpy(classifier.backbone.encode_images(x))
+    ztxt = ops.convert_to_numpy(classifier.class_scores.class_embeddings)
+    logits = 10.0 * zimg @ ztxt.T - 10.0
+    np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-logits)), atol=1e-5)
+
+
+def test_classify_ranks_labels_for_images_of_any_size(classifier, rng):
+    images = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(20, 90, 3), (64, 64, 3)]]
+    ranked = classifier.classify(images, top_k=2)
+    assert len(ranked) == 2 and all(len(r) == 2 for r in ranked)
+    for r in ranked:
+        assert r[0][1] >= r[1][1] and r[0][0] in LABELS
+
+
+def test_task_preset_round_trip(classifier, rng, tmp_path):
+    images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    classifier.save_to_preset(str(tmp_path / "task"))
+    restored = SigLIPZeroShotClassifier.from_preset(str(tmp_path / "task"))
+    assert restored.class_names == LABELS
+    np.testing.assert_allclose(
+        restored.predict(images, verbose=0), classifier.predict(images, verbose=0), atol=1e-6
+    )
+
+
+def test_bad_arguments(classifier):
+    with pytest.raises(ValueError, match="at least one class"):
+        SigLIPZeroShotClassifier(classifier.backbone, classifier.preprocessor, [])
+    with pytest.raises(ValueError, match="exactly one"):
+        SigLIPZeroShotClassifier(classifier.backbone, classifier.preprocessor, LABELS, ["a photo"])
