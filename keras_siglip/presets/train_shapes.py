@@ -1,6 +1,8 @@
 """Train the shipped `siglip2_shapes_tiny` preset on the procedural shapes data set.
 
-    python -m keras_siglip.presets.train_shapes [--out DIR] [--epochs 6]
+    python -m keras_siglip.presets.train_shapes [--out DIR] [--stages N]
+
+(About an hour on 2 CPU cores with JAX; each stage prints its held-out accuracy.)
 
 A SigLIP 2-style model (Gemma-style special tokens: pad 0, EOS 1, no BOS; text
 padded with <pad>) with a SentencePiece vocabulary trained on the captions,
@@ -34,6 +36,7 @@ from keras_siglip.utils.preset import atomic_directory
 NAME = "siglip2_shapes_tiny"
 IMAGE_SIZE = 48
 SEQUENCE_LENGTH = 16
+EVAL_SEED = 1  # held-out images; never trained on
 
 
 def train_sentencepiece(texts, vocabulary_size=384):
@@ -57,6 +60,7 @@ def train_sentencepiece(texts, vocabulary_size=384):
 
 
 def build_backbone(vocabulary_size, patch_size=6):
+    """Vision ViT-128/3 (patch 6, 48 px -> 8x8 tokens, MAP head); text 128/2, L = 16."""
     vision = SigLIPVisionEncoder(
         patch_size=patch_size, width=128, depth=3, num_heads=4, mlp_dim=256, image_size=IMAGE_SIZE
     )
@@ -67,82 +71,139 @@ def build_backbone(vocabulary_size, patch_size=6):
     return SigLIPBackbone(vision, text, temperature_init=10.0, bias_init=-10.0)
 
 
-def zero_shot_accuracy(backbone, preprocessor, num_images=500, seed=1):
-    """Top-1 accuracy over the 48 colour x shape labels on held-out images."""
+def zero_shot_accuracy(backbone, preprocessor, num_images=500, seed=EVAL_SEED):
+    """Top-1 accuracy over the 48 colour x shape labels on held-out images.
+
+    Returns `{"all", "single_shape", "multi_shape"}`: the prompts are singular
+    ("a photo of a red circle"), which fits images of one shape best.
+    """
     names = shapes.class_names()
     classifier = SigLIPZeroShotClassifier(
         backbone, preprocessor,
         class_names=[shapes.with_article(n) for n in names],
         templates=shapes.PROMPT_TEMPLATES,
     )
-    held_out = shapes.ShapesDataset(num_images, seed=seed, image_size=IMAGE_SIZE).arrays()
+    data = shapes.ShapesDataset(num_images, seed=seed, image_size=IMAGE_SIZE)
+    held_out = data.arrays()
+    single = np.array([data[i]["attributes"].count == 1 for i in range(num_images)])
     probabilities = classifier.predict(held_out["images"], batch_size=250, verbose=0)
-    return float(np.mean(np.argmax(probabilities, -1) == held_out["labels"]))
+    correct = np.argmax(probabilities, -1) == held_out["labels"]
+    return {
+        "all": float(correct.mean()),
+        "single_shape": float(correct[single].mean()),
+        "multi_shape": float(correct[~single].mean()),
+    }
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=os.path.join(PRESETS_DIR, NAME))
-    parser.add_argument("--num-train", type=int, default=20_000)
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--patch-size", type=int, default=6)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
-    args = parser.parse_args(argv)
-    keras.utils.set_random_seed(args.seed)
-    start = time.time()
+# The recipe that produced the shipped preset: a from-scratch stage, then two
+# continuation stages on fresh images (other seeds) with smaller batches and
+# learning rates. Each stage has its own warmup + cosine schedule.
+RECIPE = (
+    dict(seed=0, num_train=60_000, epochs=8, batch_size=256, learning_rate=1.5e-3),
+    dict(seed=2, num_train=60_000, epochs=4, batch_size=128, learning_rate=1e-3),
+    dict(seed=3, num_train=60_000, epochs=3, batch_size=128, learning_rate=5e-4),
+)
 
-    print(f"Generating {args.num_train} training images ...", flush=True)
-    train = shapes.ShapesDataset(args.num_train, seed=args.seed, image_size=IMAGE_SIZE).arrays()
-    prompts = [t.format(p) for t in shapes.PROMPT_TEMPLATES for p in map(shapes.with_article, shapes.class_names())]
+
+def new_model(captions):
+    """A fresh backbone and preprocessor with a vocabulary trained on `captions`."""
+    prompts = [
+        t.format(p) for t in shapes.PROMPT_TEMPLATES
+        for p in map(shapes.with_article, shapes.class_names())
+    ]
     tokenizer = SigLIPTokenizer(
-        proto=train_sentencepiece(list(train["captions"]) + prompts), pad_token="<pad>"
+        proto=train_sentencepiece(list(captions) + prompts), pad_token="<pad>"
     )
     preprocessor = SigLIPPreprocessor(
         tokenizer, SigLIPImageConverter(image_size=(IMAGE_SIZE, IMAGE_SIZE)),
         sequence_length=SEQUENCE_LENGTH,
     )
+    return build_backbone(tokenizer.vocabulary_size()), preprocessor
+
+
+def train_stage(stage, backbone=None, preprocessor=None):
+    """Train one stage (from scratch when `backbone` is None); returns the model,
+    its preprocessor and the stage record (loss, held-out accuracy, minutes)."""
+    if stage["seed"] == EVAL_SEED:
+        raise ValueError(f"seed {EVAL_SEED} is the held-out evaluation set; train on another.")
+    start = time.time()
+    keras.utils.set_random_seed(stage["seed"])
+    print(f"Stage {stage}: generating {stage['num_train']} images ...", flush=True)
+    train = shapes.ShapesDataset(stage["num_train"], seed=stage["seed"], image_size=IMAGE_SIZE).arrays()
+    if backbone is None:
+        backbone, preprocessor = new_model(train["captions"])
     x = preprocessor({"images": train["images"], "texts": train["captions"]})
     x = {k: keras.ops.convert_to_numpy(v) for k, v in x.items()}
-
-    backbone = build_backbone(tokenizer.vocabulary_size(), args.patch_size)
-    steps = args.epochs * (args.num_train // args.batch_size)
+    steps = stage["epochs"] * (stage["num_train"] // stage["batch_size"])
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps, warmup_target=args.learning_rate, warmup_steps=max(1, steps // 10)
+        0.0, decay_steps=steps, warmup_target=stage["learning_rate"], warmup_steps=max(1, steps // 10)
     )
     backbone.compile(
         optimizer=keras.optimizers.AdamW(
             learning_rate=schedule, weight_decay=1e-4, beta_2=0.95, global_clipnorm=1.0
         )
     )
-    print(f"Training {backbone.count_params():,} parameters for {args.epochs} epochs ...", flush=True)
-    history = backbone.fit(x, batch_size=args.batch_size, epochs=args.epochs, shuffle=True, verbose=2)
-
+    print(f"Training {backbone.count_params():,} parameters for {stage['epochs']} epochs ...", flush=True)
+    history = backbone.fit(
+        x, batch_size=stage["batch_size"], epochs=stage["epochs"], shuffle=True, verbose=2
+    )
     accuracy = zero_shot_accuracy(backbone, preprocessor)
-    minutes = (time.time() - start) / 60
-    print(f"Zero-shot accuracy on 500 held-out images, 48 labels: {accuracy:.1%} ({minutes:.1f} min)")
+    record = {
+        **stage,
+        "final_loss": round(history.history["loss"][-1], 4),
+        "zero_shot_accuracy": accuracy["all"],
+        "minutes": round((time.time() - start) / 60, 1),
+    }
+    print(
+        f"Zero-shot accuracy on 500 held-out images, 48 labels: {accuracy['all']:.1%} "
+        f"(one shape {accuracy['single_shape']:.1%}, 2-3 shapes {accuracy['multi_shape']:.1%})",
+        flush=True,
+    )
+    return backbone, preprocessor, record, accuracy
 
+
+def save(backbone, preprocessor, records, accuracy, out):
+    """Write the preset and its card atomically."""
     # A fresh copy without the optimizer state keeps the shipped files small.
     export = SigLIPBackbone.from_config(backbone.get_config())
     export.set_weights(backbone.get_weights())
-    with atomic_directory(args.out) as tmp:
+    with atomic_directory(out) as tmp:
         export.save_to_preset(tmp)
         preprocessor.save_to_preset(tmp)
         card = {
             "name": NAME,
             "description": "Tiny SigLIP 2-style model trained on the procedural shapes data set.",
-            "zero_shot_accuracy": accuracy,
-            "evaluation": "top-1 over 48 colour x shape labels, 500 held-out images (seed 1), "
+            "zero_shot_accuracy": accuracy["all"],
+            "zero_shot_accuracy_one_shape": accuracy["single_shape"],
+            "zero_shot_accuracy_two_or_three_shapes": accuracy["multi_shape"],
+            "evaluation": f"top-1 over 48 colour x shape labels, 500 held-out images (seed {EVAL_SEED}), "
                           f"templates {list(shapes.PROMPT_TEMPLATES)}",
-            "training": {**vars(args), "out": None, "final_loss": history.history["loss"][-1],
-                         "backend": keras.config.backend(), "minutes": round(minutes, 2),
-                         "date": datetime.date.today().isoformat()},
-            "params": backbone.count_params(),
+            "params": export.count_params(),
+            "training": {
+                "script": "python -m keras_siglip.presets.train_shapes",
+                "backend": keras.config.backend(),
+                "date": datetime.date.today().isoformat(),
+                "stages": records,
+            },
         }
         with open(os.path.join(tmp, "card.json"), "w") as f:
             json.dump(card, f, indent=2)
-    print(f"Saved {args.out}")
+    print(f"Saved {out}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.join(PRESETS_DIR, NAME))
+    parser.add_argument(
+        "--stages", type=int, default=len(RECIPE), help="run only the first N stages of the recipe"
+    )
+    args = parser.parse_args(argv)
+    backbone = preprocessor = None
+    records = []
+    for stage in RECIPE[: args.stages]:
+        backbone, preprocessor, record, accuracy = train_stage(stage, backbone, preprocessor)
+        records.append(record)
+    save(backbone, preprocessor, records, accuracy, args.out)
     return accuracy
 
 
