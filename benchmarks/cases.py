@@ -87,8 +87,12 @@ class Context:
         if self._repeats is not None:
             return self._repeats
         if config_name == "tiny":
-            return 5 if self.quick else 20
-        return 3 if self.quick else 7
+            return 6 if self.quick else 30
+        return 3 if self.quick else 9
+
+    def rounds(self, config_name):
+        """Interleaved blocks of timed calls (see `timing.measure_interleaved`)."""
+        return 1 if self._repeats is not None and self._repeats < 3 else 3
 
     def warmup(self, config_name):
         """Untimed calls after the first (compiling) call."""
@@ -124,9 +128,13 @@ class Context:
                 reference = value
             else:
                 entry.update(timing.agreement(reference, value, tolerance))
-            entry.update(timing.measure(run, self.warmup(config_name), self.repeats(config_name)))
-            entry["value"] = entry["median_ms"]
             results[name] = entry
+        timings = timing.measure_interleaved(
+            {name: run for name, (run, _) in runs.items()},
+            self.warmup(config_name), self.repeats(config_name), self.rounds(config_name),
+        )
+        for name, summary in timings.items():
+            results[name].update(summary, value=summary["median_ms"])
         row = {
             "case": case_name,
             "config": config_name,
@@ -232,7 +240,7 @@ def fit_step(ctx, config_name):
         built["keras-hub"] = models.build_keras_hub(config)
         models.copy_ours_to_keras_hub(ours, built["keras-hub"])
     warm_steps = 2  # the compiling step plus one: their losses are compared
-    results = {}
+    results, steps = {}, {}
     for name, model in built.items():
         # Both compile() overrides default the loss (ours SigmoidLoss, keras-hub
         # SigLIPLoss: the same value); the optimizer is the same Adam for both.
@@ -243,9 +251,11 @@ def fit_step(ctx, config_name):
         entry = {"label": PEER_LABELS[name], "mode": mode, "first_call_s": compile_s, "losses": losses}
         if name != "ours":
             entry.update(timing.agreement(results["ours"]["losses"], losses))
-        entry.update(timing.measure(lambda: model.train_on_batch(x), 0, ctx.repeats(config_name)))
-        entry["value"] = entry["median_ms"]
         results[name] = entry
+        steps[name] = (lambda model: lambda: model.train_on_batch(x))(model)
+    timings = timing.measure_interleaved(steps, 0, ctx.repeats(config_name), ctx.rounds(config_name))
+    for name, summary in timings.items():
+        results[name].update(summary, value=summary["median_ms"])
     row = {
         "case": "fit_step",
         "config": config_name,

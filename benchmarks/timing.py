@@ -30,6 +30,36 @@ def measure(run, warmup, repeats):
     return summarize(times)
 
 
+def measure_interleaved(runs, warmup, repeats, rounds=3):
+    """Time several implementations fairly: `{name: run}` -> `{name: summary}`.
+
+    After each implementation's own warm-up, the timed calls are split into
+    `rounds` blocks that alternate between implementations (A B C A B C ...),
+    so slow drifts of the machine (other tenants, clocks) hit every
+    implementation alike. When a call is short (< 100 ms) one untimed call
+    follows each switch, absorbing the previous framework's idle threads.
+    """
+    durations = {}
+    for name, run in runs.items():
+        for _ in range(warmup):
+            run()
+        start = time.perf_counter()
+        run()
+        durations[name] = time.perf_counter() - start
+    rounds = max(1, min(rounds, repeats))
+    per_round = [repeats // rounds + (1 if i < repeats % rounds else 0) for i in range(rounds)]
+    times = {name: [] for name in runs}
+    for count in per_round:
+        for name, run in runs.items():
+            if durations[name] < 0.1:
+                run()
+            for _ in range(count):
+                start = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: summarize(t) for name, t in times.items()}
+
+
 def summarize(times_ms):
     return {
         "median_ms": statistics.median(times_ms),
