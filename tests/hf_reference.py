@@ -18,7 +18,7 @@ import transformers
 _FIXED = {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
 
 
-def hf_config(vision, text):
+def hf_config(vision, text, naflex=False):
     """A `transformers.SiglipConfig` from two dicts of HF sub-config kwargs.
 
     The text `projection_size` defaults to the vision width (the embedding
@@ -29,6 +29,11 @@ def hf_config(vision, text):
     # outside a tiny vocabulary.
     text = {"projection_size": vision["hidden_size"], "bos_token_id": None, "eos_token_id": 1,
             "pad_token_id": 1, **text}
+    if naflex:
+        return transformers.Siglip2Config(
+            vision_config=transformers.Siglip2VisionConfig(**vision),
+            text_config=transformers.Siglip2TextConfig(**text),
+        )
     return transformers.SiglipConfig(
         vision_config=transformers.SiglipVisionConfig(**vision),
         text_config=transformers.SiglipTextConfig(**text),
@@ -48,14 +53,16 @@ def hf_config_from_keras(config):
     image_size = v["image_size"]
     if not isinstance(image_size, int):
         raise ValueError("HF SiglipVisionConfig supports square image sizes only.")
+    naflex = v.get("input_format", "images") != "images"
+    size = {"num_patches": (image_size // v["patch_size"]) ** 2} if naflex else {"image_size": image_size}
     return hf_config(
         vision=dict(
             hidden_size=v["width"],
             intermediate_size=v["mlp_dim"],
             num_hidden_layers=v["depth"],
             num_attention_heads=v["num_heads"],
-            image_size=image_size,
             patch_size=v["patch_size"],
+            **size,
         ),
         text=dict(
             vocab_size=t["vocabulary_size"],
@@ -66,6 +73,7 @@ def hf_config_from_keras(config):
             max_position_embeddings=t["sequence_length"],
             projection_size=t.get("num_classes") or t["width"],
         ),
+        naflex=naflex,
     )
 
 
@@ -82,6 +90,12 @@ def keras_config_from_hf(hf_config):
                 raise ValueError(f"Our towers fix {key}={value!r}; HF config has {getattr(sub, key)!r}.")
     if not v.vision_use_head:
         raise ValueError("Our SigLIP image tower always has a MAP head (vision_use_head=True).")
+    naflex = isinstance(v, transformers.Siglip2VisionConfig)
+    if naflex:  # a learned (G, G) grid; the "image size" of our card is G * P
+        grid = int(round(np.sqrt(v.num_patches)))
+        image = dict(image_size=grid * v.patch_size, input_format="naflex")
+    else:
+        image = dict(image_size=v.image_size)
     return {
         "vision_encoder": dict(
             patch_size=v.patch_size,
@@ -89,8 +103,8 @@ def keras_config_from_hf(hf_config):
             depth=v.num_hidden_layers,
             num_heads=v.num_attention_heads,
             mlp_dim=v.intermediate_size,
-            image_size=v.image_size,
             num_channels=v.num_channels,
+            **image,
         ),
         "text_encoder": dict(
             vocabulary_size=t.vocab_size,
@@ -104,11 +118,13 @@ def keras_config_from_hf(hf_config):
     }
 
 
-def build_hf_siglip(vision, text, seed=0, noise=0.1):
+def build_hf_siglip(vision, text, seed=0, noise=0.1, naflex=False):
     """A random, fully perturbed `transformers.SiglipModel` in eval mode (float32).
 
     Args:
-        vision, text: HF `SiglipVisionConfig` / `SiglipTextConfig` kwargs.
+        vision, text: HF `SiglipVisionConfig` / `SiglipTextConfig` kwargs
+            (`Siglip2VisionConfig` / `Siglip2TextConfig` with `naflex=True`,
+            which builds a NaFlex `transformers.Siglip2Model`).
         seed: torch seed for the initialisation and the perturbation.
         noise: std of the Gaussian noise added to every parameter.
 
@@ -123,7 +139,8 @@ def build_hf_siglip(vision, text, seed=0, noise=0.1):
     `copy_hf_to_keras` still checks that it is mapped.
     """
     torch.manual_seed(seed)
-    model = transformers.SiglipModel(hf_config(vision, text)).float().eval()
+    model_class = transformers.Siglip2Model if naflex else transformers.SiglipModel
+    model = model_class(hf_config(vision, text, naflex)).float().eval()
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for param in model.parameters():
@@ -205,15 +222,17 @@ def copy_hf_to_keras(hf_model, keras_backbone):
     pairs = []
 
     # Image tower.
-    conv = take("vision_model.embeddings.patch_embedding.weight")  # (W, C, P, P)
-    width = conv.shape[0]
-    pairs.append(("vit/embedding/kernel", conv.transpose(2, 3, 1, 0).reshape(-1, width)))
+    patch = take("vision_model.embeddings.patch_embedding.weight")
+    width = patch.shape[0]
+    if patch.ndim == 4:  # SigLIP: Conv2d (W, C, P, P)
+        kernel = patch.transpose(2, 3, 1, 0).reshape(-1, width)
+    else:  # SigLIP 2 NaFlex: Linear (W, P*P*C) over (py, px, c) patches
+        kernel = patch.T
+    pairs.append(("vit/embedding/kernel", kernel))
     pairs.append(("vit/embedding/bias", take("vision_model.embeddings.patch_embedding.bias")))
-    grid = vc.image_size // vc.patch_size
-    pairs.append(
-        ("vit/position_embedding/embeddings",
-         take("vision_model.embeddings.position_embedding.weight").reshape(grid, grid, width))
-    )
+    positions = take("vision_model.embeddings.position_embedding.weight")  # (G*G, W), square grid
+    grid = int(round(np.sqrt(positions.shape[0])))
+    pairs.append(("vit/position_embedding/embeddings", positions.reshape(grid, grid, width)))
     pairs += encoder(
         "vision_model.encoder", "vit/encoder", vc.num_hidden_layers, vc.num_attention_heads,
         "vision_model.post_layernorm",

@@ -6,3 +6,5 @@ from keras_siglip.data.shapes import (BACKGROUND_RGB, BACKGROUNDS, COLOR_RGB,
                                       ShapesDataset, caption, class_id,
                                       class_label, class_names, class_prompts,
                                       render, sample_attributes, with_article)
+from keras_siglip.data.packing import (FirstFitPacker, PackingStats, pack_dataset,
+                                       token_drop_indices)

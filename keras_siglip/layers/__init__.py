@@ -9,3 +9,4 @@ from keras_siglip.layers.vit import (
     VisionTransformer,
     patchify,
 )
+from keras_siglip.layers.naflex import NaFlexImageConverter, target_size, target_size_tf

@@ -15,7 +15,8 @@ class SigmoidLoss(keras.losses.Loss):
 
     Call args:
         y_true: `(B_img, B_txt)` labels in {+1, -1} (`sigmoid_labels(B)` for a
-            batch of matching pairs).
+            batch of matching pairs); 0 leaves a pair out (e.g. an empty slot
+            of a packed sequence).
         y_pred: `(B_img, B_txt)` logits `exp(t) * cos + b`.
 
     Returns (with the default mean reduction) the scalar loss; per image
@@ -27,4 +28,5 @@ class SigmoidLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
-        return -ops.sum(ops.log_sigmoid(y_true * y_pred), axis=-1)
+        terms = ops.log_sigmoid(y_true * y_pred)
+        return -ops.sum(ops.where(y_true == 0, ops.zeros_like(terms), terms), axis=-1)

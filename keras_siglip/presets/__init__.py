@@ -83,7 +83,7 @@ def _card(family, description, config, hf, kaggle, big_vision, params):
             "pad_token": VOCABULARIES[vocabulary][1],
         },
         "config": config,
-        "sources": {"huggingface": hf, "kaggle": kaggle, "big_vision": big_vision},
+        "sources": {k: v for k, v in {"huggingface": hf, "kaggle": kaggle, "big_vision": big_vision}.items() if v},
     }
 
 
@@ -136,6 +136,20 @@ def _published():
         desc = f"SigLIP 2 {iv} at {res}px, Gemma 256k vocabulary"
         bv = f"gs://big_vision/siglip2/siglip2_{tag}_{res}.npz"
         cards[name] = _card("SigLIP 2", desc, config, hf, kaggle.format(name), bv, params)
+    # NaFlex: a 16x16 learned position grid resized per image; the sequence
+    # length (256 in the paper's numbers, trained up to 1024) is chosen per call.
+    # keras-hub has no NaFlex checkpoints.
+    naflex = {
+        "siglip2_base_patch16_naflex": ("B/16", "B", "b16", 375_234_050),
+        "siglip2_so400m_patch16_naflex": ("So400m/16", "So400m", "so400m16", 1_135_670_962),
+    }
+    for name, (iv, tv, tag, params) in naflex.items():
+        config = siglip_config(iv, 256, tv, 256_000)
+        config["vision_encoder"]["input_format"] = "naflex"
+        hf = "google/" + name.replace("_", "-")
+        desc = f"SigLIP 2 NaFlex {iv}, native aspect ratio, Gemma 256k vocabulary"
+        bv = f"gs://big_vision/siglip2/siglip2_{tag}_naflex.npz"
+        cards[name] = _card("SigLIP 2 NaFlex", desc, config, hf, None, bv, params)
     return cards
 
 

@@ -41,6 +41,8 @@ def check_preset(preset):
 def atomic_directory(target):
     """Yield a temporary sibling folder that replaces `target` only on success.
 
+    The folder starts as a copy of `target`'s files, so saving a backbone and
+    then a preprocessor into one preset folder (the keras-hub way) keeps both.
     An interrupted write leaves `target` as it was: the new content becomes
     visible by renames, after it is complete.
     """
@@ -48,6 +50,9 @@ def atomic_directory(target):
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    if os.path.isdir(target):
+        # Copies, not hard links: writers truncate files in place.
+        shutil.copytree(target, tmp, dirs_exist_ok=True)
     _OPEN_WRITES.add(tmp)
     try:
         yield tmp

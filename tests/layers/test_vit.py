@@ -24,6 +24,22 @@ def test_dense_patch_embedding_equals_valid_conv(rng):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_image_embedding_equals_dense_on_patches(rng):
+    """The ViT embeds whole images with a strided conv of the Dense kernel: the
+    same values as the Dense layer on patchify's patches (NaFlex's path)."""
+    vit = VisionTransformer(4, 8, 1, 2, 16, grid_size=(5, 6), pooling="none")
+    images = rng.normal(size=(2, 21, 27, 3)).astype("float32")
+    vit.build(images.shape)
+    vit.embedding.bias.assign(rng.normal(size=(8,)).astype("float32"))
+    got, grid = vit.embed_images(images)
+    patches, expected_grid = patchify(images, 4)
+    assert grid == expected_grid == (5, 6)
+    expected = ops.convert_to_numpy(vit.embedding(patches))
+    np.testing.assert_allclose(ops.convert_to_numpy(got), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="smaller than one"):
+        vit.embed_images(images[:, :3])
+
+
 def test_patch_vector_order_is_py_px_c(rng):
     images = rng.normal(size=(1, 8, 12, 3)).astype("float32")
     patches, _ = patchify(images, 4)

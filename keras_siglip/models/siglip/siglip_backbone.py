@@ -4,6 +4,7 @@ from keras_hub.models import Backbone
 
 from keras_siglip.layers.contrastive import ContrastiveHead, L2Normalize, l2_normalize
 from keras_siglip.losses.sigmoid import SigmoidLoss, sigmoid_labels
+from keras_siglip.models.siglip.siglip_vision_encoder import image_inputs
 from keras_siglip.utils.preset import PresetMixin
 from keras_siglip.utils.tensors import check_token_ids
 
@@ -19,9 +20,15 @@ class SigLIPBackbone(PresetMixin, Backbone):
         temperature_init, bias_init: initial `exp(t)` and `b` (10 and -10, the
             SigLIP paper's values for training from scratch).
 
-    Inputs: `{"images": (B, H, W, C) float in [-1, 1], "token_ids": (B', L) int}`.
+    Inputs: `{"images": (B, H, W, C) float in [-1, 1], "token_ids": (B', L) int}`;
+    with a NaFlex vision encoder (`input_format="naflex"`) the image tensors
+    `"patches"`, `"patch_coords"`, `"patch_mask"` replace `"images"`; with
+    `input_format="packed"` (NaViT sequences holding up to S images each) the
+    packed image tensors and `"token_ids"` `(B, S, L)`, one text per image slot.
     Outputs: `{"image_embeddings": (B, D), "text_embeddings": (B', D)` (both
     L2-normalised), `"logits": (B, B')}` with `logits = exp(t) * cos + b`.
+    Packed inputs give `B = B' = B_seq * S` rows in slot order, plus
+    `"image_mask"` `(B,)`; empty slots are left out of the loss.
 
     `fit` trains with the sigmoid loss computed from the outputs of the one
     forward pass (no second forward in `compute_loss`); `y`, when given, is a
@@ -49,22 +56,32 @@ class SigLIPBackbone(PresetMixin, Backbone):
         self.contrastive_head = ContrastiveHead(
             temperature_init, bias_init, name="contrastive_head", dtype=dtype
         )
-        images = keras.Input(
-            shape=(None, None, vision_encoder.num_channels), name="images"
-        )
+        input_format = getattr(vision_encoder, "input_format", "images")
+        packed = input_format == "packed"
+        inputs = image_inputs(input_format, vision_encoder.patch_size, vision_encoder.num_channels)
+        length = text_encoder.sequence_length
         token_ids = keras.Input(
-            shape=(text_encoder.sequence_length,), dtype="int32", name="token_ids"
+            shape=(None, length) if packed else (length,), dtype="int32", name="token_ids"
         )
-        image_embeddings = self.normalize(vision_encoder(images))
-        text_embeddings = self.normalize(text_encoder(token_ids))
+        image_features = vision_encoder(inputs["images"] if input_format == "images" else inputs)
+        text_tokens = token_ids
+        outputs = {}
+        if packed:
+            # One row per image slot: (B_seq, S, ...) -> (B_seq * S, ...).
+            image_features = ops.reshape(image_features, (-1, image_features.shape[-1]))
+            text_tokens = ops.reshape(token_ids, (-1, length))
+            outputs["image_mask"] = ops.reshape(inputs["image_mask"], (-1,))
+        image_embeddings = self.normalize(image_features)
+        text_embeddings = self.normalize(text_encoder(text_tokens))
         logits = self.contrastive_head(image_embeddings, text_embeddings)
+        outputs.update(
+            image_embeddings=image_embeddings,
+            text_embeddings=text_embeddings,
+            logits=logits,
+        )
         super().__init__(
-            inputs={"images": images, "token_ids": token_ids},
-            outputs={
-                "image_embeddings": image_embeddings,
-                "text_embeddings": text_embeddings,
-                "logits": logits,
-            },
+            inputs={**inputs, "token_ids": token_ids},
+            outputs=outputs,
             dtype=dtype,
             **kwargs,
         )
@@ -108,7 +125,8 @@ class SigLIPBackbone(PresetMixin, Backbone):
         return self.contrastive_head.bias[0]
 
     def encode_images(self, images):
-        """`(B, H, W, C)` preprocessed images -> `(B, D)` L2-normalised embeddings."""
+        """`(B, H, W, C)` preprocessed images (or the NaFlex / packed dict) ->
+        `(B, D)` (packed: `(B, S, D)`) L2-normalised embeddings."""
         return l2_normalize(self.vision_encoder(images))
 
     def encode_texts(self, token_ids):
@@ -148,6 +166,13 @@ class SigLIPBackbone(PresetMixin, Backbone):
         logits = y_pred["logits"]
         if y is None:
             y = sigmoid_labels(ops.shape(logits)[0], logits.dtype)
+        if "image_mask" in y_pred:
+            # Packed: pairs with an empty slot get label 0 (ignored); the mean
+            # runs over the real images only.
+            real = ops.cast(y_pred["image_mask"], logits.dtype)
+            y = ops.cast(y, logits.dtype) * real[:, None] * real[None, :]
+            weights = real / ops.maximum(ops.mean(real), 1e-6)
+            sample_weight = weights if sample_weight is None else sample_weight * weights
         return super().compute_loss(x, y, logits, sample_weight, training=training)
 
     def get_config(self):

@@ -34,7 +34,8 @@ class SigLIPPreprocessor(PresetMixin, Preprocessor):
 
     Returns:
         `{"images": (B, H, W, 3) float in [-1, 1], "token_ids": (B, L) int32}`
-        with the keys present in the input.
+        with the keys present in the input; with a `NaFlexImageConverter`,
+        `"patches"`, `"patch_mask"`, `"patch_coords"` instead of `"images"`.
     """
 
     backbone_cls = SigLIPBackbone
@@ -80,7 +81,9 @@ class SigLIPPreprocessor(PresetMixin, Preprocessor):
             )
         outputs = {}
         if "images" in x:
-            outputs["images"] = self.convert_images(x["images"])
+            images = self.convert_images(x["images"])
+            # A NaFlexImageConverter gives the dict of NaFlex tensors.
+            outputs.update(images if isinstance(images, dict) else {"images": images})
         if "texts" in x:
             outputs["token_ids"] = self.pack_texts(x["texts"])
         return keras.utils.pack_x_y_sample_weight(outputs, y, sample_weight)

@@ -18,9 +18,17 @@ class SigLIPVisionEncoder(PresetMixin, Backbone):
         pooling: `"map"` (released SigLIP), `"gap"`, `"token"` or `"none"`.
         num_classes: optional Dense head width (absent in released SigLIP).
         num_channels: input channels.
+        input_format: `"images"`: `(B, H, W, C)` float images in [-1, 1], any
+            size; `"naflex"`: SigLIP 2 NaFlex patches, a dict `"patches"`
+            `(B, N, P*P*C)`, `"patch_coords"` `(B, N, 2)`, `"patch_mask"`
+            `(B, N)` (what `NaFlexImageConverter` makes; N is chosen per call);
+            `"packed"`: NaViT packed sequences, a dict `"patches"`,
+            `"patch_coords"`, `"segment_ids"` `(B, N)`, `"image_mask"` `(B, S)`,
+            `"grid_shape"` `(B, S, 2)` (what `keras_siglip.data.pack_dataset`
+            makes). The weights are the same for every format.
 
-    Inputs: `images` `(B, H, W, C)` float in [-1, 1].
-    Outputs: `(B, width)` (or `(B, num_classes)`).
+    Outputs: `(B, width)` (or `(B, num_classes)`); `(B, S, width)` for packed
+    sequences.
     """
 
     def __init__(
@@ -34,9 +42,14 @@ class SigLIPVisionEncoder(PresetMixin, Backbone):
         pooling="map",
         num_classes=None,
         num_channels=3,
+        input_format="images",
         dtype=None,
         **kwargs,
     ):
+        if input_format not in INPUT_FORMATS:
+            raise ValueError(
+                f"input_format must be one of {INPUT_FORMATS}; got {input_format!r}."
+            )
         image_size = _pair(image_size)
         self.vit = VisionTransformer(
             patch_size=patch_size,
@@ -51,9 +64,16 @@ class SigLIPVisionEncoder(PresetMixin, Backbone):
             name="vit",
             dtype=dtype,
         )
-        images = keras.Input(shape=(None, None, num_channels), name="images")
-        super().__init__(inputs=images, outputs=self.vit(images), dtype=dtype, **kwargs)
+        inputs = image_inputs(input_format, patch_size, num_channels)
+        if input_format == "images":
+            inputs = inputs["images"]
+        super().__init__(inputs=inputs, outputs=self.vit(inputs), dtype=dtype, **kwargs)
         self.image_size = image_size
+        self.input_format = input_format
+
+    @property
+    def patch_size(self):
+        return self.vit.patch_size
 
     @property
     def num_channels(self):
@@ -69,7 +89,29 @@ class SigLIPVisionEncoder(PresetMixin, Backbone):
         for key in ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pooling", "num_classes", "num_channels"):
             config[key] = vit[key]
         config["image_size"] = self.image_size
+        config["input_format"] = self.input_format
         return config
+
+
+INPUT_FORMATS = ("images", "naflex", "packed")
+
+
+def image_inputs(input_format, patch_size, num_channels=3):
+    """Fresh `keras.Input`s of an image tower's `input_format`, as a dict."""
+    if input_format == "images":
+        return {"images": keras.Input(shape=(None, None, num_channels), name="images")}
+    patch_dim = patch_size * patch_size * num_channels
+    names = {
+        "naflex": {"patch_mask": (None,)},
+        "packed": {"segment_ids": (None,), "image_mask": (None,), "grid_shape": (None, 2)},
+    }[input_format]
+    inputs = {
+        "patches": keras.Input(shape=(None, patch_dim), name="patches"),
+        "patch_coords": keras.Input(shape=(None, 2), dtype="int32", name="patch_coords"),
+    }
+    for name, shape in names.items():
+        inputs[name] = keras.Input(shape=shape, dtype="int32", name=name)
+    return inputs
 
 
 def _pair(size):
