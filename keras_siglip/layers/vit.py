@@ -164,8 +164,49 @@ class MlpBlock(keras.layers.Layer):
         return {**super().get_config(), "mlp_dim": self.mlp_dim}
 
 
+class MultiHeadAttention(keras.layers.MultiHeadAttention):
+    """Keras `MultiHeadAttention` (same weights and layouts), with the attention
+    core computed in a heads-first `(B, H, T, D)` layout on JAX's CPU backend.
+
+    XLA's CPU dot kernels are much faster with the batch dimensions leading:
+    for 32 x 256 tokens, 2 heads of 32, the core takes 10 ms this way against
+    25 ms through `jax.nn.dot_product_attention`'s `(B, T, H, D)` einsums (the
+    NaFlex tiny tower: 1.6x faster). TensorFlow (XLA) and torch (fused SDPA)
+    are faster with Keras' own path, which they keep.
+    """
+
+    def _compute_attention(self, query, key, value, attention_mask=None, training=None,
+                           return_attention_scores=False, use_causal_mask=False):
+        if not _heads_first() or return_attention_scores or use_causal_mask or self._dropout:
+            return super()._compute_attention(
+                query, key, value, attention_mask=attention_mask, training=training,
+                return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask,
+            )
+        query, key, value = (ops.transpose(t, (0, 2, 1, 3)) for t in (query, key, value))
+        query = query * ops.cast(self._inverse_sqrt_key_dim, query.dtype)
+        scores = ops.einsum("bhtd,bhsd->bhts", query, key)
+        if attention_mask is not None:
+            mask = ops.cast(attention_mask, "bool")
+            mask = mask[:, None] if len(mask.shape) == 3 else mask
+            scores = ops.where(mask, scores, ops.cast(_large_negative(scores.dtype), scores.dtype))
+        weights = ops.softmax(ops.cast(scores, "float32"), axis=-1)
+        return ops.einsum("bhts,bhsd->bthd", ops.cast(weights, value.dtype), value), None
+
+
+def _heads_first():
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+def _large_negative(dtype):
+    return -65500.0 if "float16" == keras.backend.standardize_dtype(dtype) else -1e9
+
+
 def _attention(num_heads, width, name, dtype):
-    return keras.layers.MultiHeadAttention(
+    return MultiHeadAttention(
         num_heads=num_heads,
         key_dim=width // num_heads,
         kernel_initializer="glorot_uniform",
