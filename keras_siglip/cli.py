@@ -121,6 +121,25 @@ def cmd_demo(args):
     print(f"Wrote {args.out}")
 
 
+def cmd_convert(args):
+    from keras_siglip import convert
+
+    if args.to == "huggingface":
+        from keras_siglip.convert.huggingface import write_huggingface
+        from keras_siglip.models import SigLIPBackbone, SigLIPPreprocessor
+
+        backbone = SigLIPBackbone.from_preset(args.source)
+        tokenizer = None
+        try:
+            tokenizer = SigLIPPreprocessor.from_preset(args.source).tokenizer
+        except (ValueError, FileNotFoundError):
+            pass  # a preset without a tokenizer exports the model alone
+        write_huggingface(backbone, args.destination, tokenizer=tokenizer)
+    else:
+        convert.convert(args.source, args.destination, config=args.preset, tokenizer=args.tokenizer)
+    print(f"Wrote {args.destination}")
+
+
 def main(argv=None):
     _quiet()
     parser = argparse.ArgumentParser(prog="keras-siglip", description=__doc__.splitlines()[0])
@@ -144,6 +163,21 @@ def main(argv=None):
     p.add_argument("--preset", default=DEFAULT_PRESET)
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_embed)
+
+    p = sub.add_parser(
+        "convert", help="big_vision .npz | Hugging Face folder | keras-hub preset -> keras_siglip preset"
+    )
+    p.add_argument("source", help="a .npz file, an HF folder, a keras-hub preset folder (or a preset of "
+                                  "ours with --to huggingface)")
+    p.add_argument("destination", help="the folder to write (replaced atomically)")
+    p.add_argument("--preset", default=None,
+                   help="big_vision only: the published preset name whose architecture the .npz holds "
+                        "(else inferred from the shapes)")
+    p.add_argument("--tokenizer", default=None, metavar="SPM",
+                   help="a SentencePiece model to bundle when the source has none (big_vision .npz)")
+    p.add_argument("--to", choices=("keras_siglip", "huggingface"), default="keras_siglip",
+                   help="huggingface: export a keras_siglip preset to a transformers folder")
+    p.set_defaults(run=cmd_convert)
 
     p = sub.add_parser("demo", help="zero-shot on held-out shapes images, with a picture")
     p.add_argument("--preset", default=DEFAULT_PRESET)

@@ -67,13 +67,23 @@ def _rename(path, tower):
 
 
 def keras_hub_weights(keras_hub_backbone):
-    """keras-hub SigLIP weights as `{our path: numpy array}` in our layouts."""
+    """keras-hub SigLIP weights as `{our path: numpy array}` in our layouts (Dense
+    patch kernel, 2-D position grid)."""
     weights = {}
     for tower, model in (("vision", keras_hub_backbone.vision_encoder), ("text", keras_hub_backbone.text_encoder)):
         for variable in model.weights:
-            ours = _rename(variable.path, tower)
+            # Loaded from a preset, keras-hub prefixes the towers' sublayers with
+            # the tower's name ("sig_lip_vision_encoder_embedding/...").
+            ours = _rename(variable.path.removeprefix(f"{model.name}_"), tower)
             if ours is not None:
                 weights[ours] = ops.convert_to_numpy(variable)
+    vision = keras_hub_backbone.vision_encoder
+    height, width = vision.image_shape[:2] if hasattr(vision, "image_shape") else vision.get_config()["image_shape"][:2]
+    patch = vision.get_config()["patch_size"]
+    kernel = weights["vit/embedding/kernel"]  # conv (P, P, C, W) -> Dense (P*P*C, W)
+    weights["vit/embedding/kernel"] = kernel.reshape(-1, kernel.shape[-1])
+    table = weights["vit/position_embedding/embeddings"]  # (h*w, W) -> (h, w, W)
+    weights["vit/position_embedding/embeddings"] = table.reshape(height // patch, width // patch, -1)
     for variable in keras_hub_backbone.weights:
         if variable.path == "siglip_head/logit_scale":
             weights["contrastive_head/log_temperature"] = np.reshape(ops.convert_to_numpy(variable), (1,))
@@ -102,3 +112,85 @@ def assign_weights(backbone, weights):
         )
     for path, value in weights.items():
         variables[path].assign(np.reshape(value, variables[path].shape))
+
+
+def read_keras_hub(folder, progress=None):
+    """A keras-hub SigLIP preset folder (`config.json` + `model.weights.h5`, e.g.
+    a Kaggle download) as a `Checkpoint`.
+
+    keras-hub loads its own backbone (Keras safe mode, no pickles); the weights
+    are then renamed tensor by tensor. Peak memory is two copies of the weights
+    (keras-hub's model and ours).
+    """
+    import json
+    import os
+
+    import keras_hub
+
+    from keras_siglip.convert.common import Checkpoint
+
+    with open(os.path.join(folder, "config.json")) as f:
+        spec = json.load(f)
+    if spec.get("registered_name") != "keras_hub>SigLIPBackbone":
+        raise ValueError(
+            f"{folder} is a keras-hub preset of {spec.get('registered_name')!r}, not "
+            "of keras_hub>SigLIPBackbone."
+        )
+    source = keras_hub.models.SigLIPBackbone.from_preset(folder)
+    v = source.vision_encoder.get_config()
+    t = source.text_encoder.get_config()
+    for name, tower in (("vision", v), ("text", t)):
+        if tower.get("intermediate_activation", "gelu_approximate") != "gelu_approximate":
+            raise ValueError(f"The {name} tower uses {tower['intermediate_activation']!r}; ours is tanh GELU.")
+        if tower.get("layer_norm_epsilon", 1e-6) != 1e-6:
+            raise ValueError(f"The {name} tower's LayerNorm epsilon is {tower['layer_norm_epsilon']}; ours is 1e-6.")
+    height, width = v["image_shape"][:2]
+    config = {
+        "vision_encoder": dict(
+            patch_size=v["patch_size"], width=v["hidden_dim"], depth=v["num_layers"],
+            num_heads=v["num_heads"], mlp_dim=v["intermediate_dim"],
+            image_size=height if height == width else (height, width),
+            num_channels=v["image_shape"][2],
+        ),
+        "text_encoder": dict(
+            vocabulary_size=t["vocabulary_size"], width=t["hidden_dim"], depth=t["num_layers"],
+            num_heads=t["num_heads"], mlp_dim=t["intermediate_dim"],
+            sequence_length=t["max_sequence_length"], num_classes=t.get("projection_dim"),
+        ),
+    }
+    if t["embedding_dim"] != t["hidden_dim"]:
+        raise ValueError("keras-hub text towers with embedding_dim != hidden_dim have no counterpart here.")
+    weights = keras_hub_weights(source)
+    del source
+    return Checkpoint(
+        config=config,
+        tensors=lambda: iter(weights.items()),
+        num_tensors=len(weights),
+        tokenizer=_keras_hub_tokenizer(folder, config["text_encoder"]["vocabulary_size"]),
+        image_converter=_keras_hub_image_converter(folder, (height, width)),
+        source=f"keras-hub preset {folder}",
+    )
+
+
+def _keras_hub_tokenizer(folder, vocabulary_size):
+    import os
+
+    proto = os.path.join(folder, "assets", "tokenizer", "vocabulary.spm")
+    if not os.path.exists(proto):
+        return None
+    with open(proto, "rb") as f:
+        # keras-hub pads SigLIP 2 (Gemma vocabulary) with <pad>, SigLIP 1 with </s>.
+        return {"proto": f.read(), "pad_token": "<pad>" if vocabulary_size == 256_000 else "</s>"}
+
+
+def _keras_hub_image_converter(folder, image_size):
+    import json
+    import os
+
+    path = os.path.join(folder, "image_converter.json")
+    kwargs = {"image_size": image_size}
+    if os.path.exists(path):
+        with open(path) as f:
+            config = json.load(f)["config"]
+        kwargs.update({k: config[k] for k in ("interpolation", "antialias") if k in config})
+    return ("SigLIPImageConverter", kwargs)

@@ -27,7 +27,7 @@ def check_preset(preset):
     if "://" in preset or os.path.isdir(preset) or preset in BUILTIN_PRESETS:
         return preset
     if os.path.exists(preset):
-        raise ValueError(f"Preset {preset!r} is a file; a preset is a folder.")
+        raise ValueError(f"Preset {preset!r} is a file; a preset is a folder (or a big_vision .npz).")
     names = known_preset_names()
     close = difflib.get_close_matches(preset, names, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -76,7 +76,11 @@ class PresetMixin:
 
     @classmethod
     def from_preset(cls, preset, **kwargs):
-        return super().from_preset(check_preset(preset), **kwargs)
+        """Also takes big_vision `.npz` files and Hugging Face / keras-hub folders
+        or `hf://` / `kaggle://` URIs of them: converted once, then cached."""
+        from keras_siglip.convert import resolve_preset
+
+        return super().from_preset(check_preset(resolve_preset(preset)), **kwargs)
 
     def save_to_preset(self, preset_dir, **kwargs):
         if os.path.abspath(os.fspath(preset_dir)) in _OPEN_WRITES:

@@ -1,0 +1,104 @@
+"""Peak memory of converting a full-size checkpoint, as a multiple of its size.
+
+    python -m benchmarks.conversion_memory                       # So400m/16 SigLIP 2, 256k vocab
+    python -m benchmarks.conversion_memory --preset siglip_base_patch16_224
+
+Writes a random Hugging Face checkpoint of the published architecture (float32
+safetensors, built by `transformers` on its own, not by us), then converts it
+with `keras-siglip convert` in a fresh process and reads that process's peak
+resident memory. The conversion streams tensors one at a time into the model,
+so the peak is one copy of the weights plus the largest tensor plus the
+frameworks' own footprint (measured separately: the same process importing
+everything and exiting).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _child_peak_rss(command, env):
+    """Run `command`; return (seconds, peak RSS in bytes) of that child alone."""
+    script = (
+        "import resource, subprocess, sys, time\n"
+        "start = time.perf_counter()\n"
+        "subprocess.run(sys.argv[1:], check=True)\n"
+        "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, *command], env=env, check=True,
+                         capture_output=True, text=True)
+    seconds, kib = out.stdout.strip().splitlines()[-1].split()
+    return float(seconds), int(kib) * 1024
+
+
+def write_random_hf(preset, folder):
+    """A random `transformers` model of a published card's architecture, saved as safetensors."""
+    import torch
+    import transformers
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from hf_reference import hf_config_from_keras
+
+    from keras_siglip.presets import PUBLISHED_PRESETS
+
+    config = hf_config_from_keras(PUBLISHED_PRESETS[preset]["config"])
+    model_class = transformers.Siglip2Model if isinstance(config, transformers.Siglip2Config) else transformers.SiglipModel
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = model_class(config).float().eval()
+    model.save_pretrained(folder, safe_serialization=True, max_shard_size="2GB")
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.conversion_memory", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="siglip2_so400m_patch16_256")
+    parser.add_argument("--backend", default="jax")
+    parser.add_argument("--out", default=os.path.join(HERE, "conversion_memory.json"))
+    args = parser.parse_args(argv)
+    work = tempfile.mkdtemp(prefix="keras_siglip_convmem_")
+    env = {**os.environ, "KERAS_BACKEND": args.backend}
+    try:
+        source = os.path.join(work, "hf")
+        print(f"writing a random {args.preset} HF checkpoint ...", flush=True)
+        start = time.perf_counter()
+        size = write_random_hf(args.preset, source)
+        print(f"  {size / 2**30:.2f} GiB of safetensors in {time.perf_counter() - start:.0f} s", flush=True)
+        print("measuring the frameworks' own footprint ...", flush=True)
+        _, baseline = _child_peak_rss(
+            [sys.executable, "-c", "import keras, keras_siglip.convert, keras_siglip.models"], env)
+        print(f"converting with keras-siglip convert ({args.backend}) ...", flush=True)
+        seconds, peak = _child_peak_rss(
+            [sys.executable, "-m", "keras_siglip.cli", "convert", source, os.path.join(work, "ours")], env)
+        result = {
+            "preset": args.preset,
+            "backend": args.backend,
+            "checkpoint_bytes": size,
+            "peak_rss_bytes": peak,
+            "import_baseline_rss_bytes": baseline,
+            "peak_over_size": peak / size,
+            "peak_minus_baseline_over_size": (peak - baseline) / size,
+            "seconds": seconds,
+        }
+        print(json.dumps(result, indent=1))
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"peak {peak / 2**30:.2f} GiB = {peak / size:.2f}x the checkpoint "
+              f"({(peak - baseline) / size:.2f}x above the {baseline / 2**30:.2f} GiB import footprint); "
+              f"wrote {os.path.relpath(args.out)}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
