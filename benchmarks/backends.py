@@ -117,6 +117,23 @@ def hf_text_forward(hf_model, token_ids):
     return run, hf_mode(hf_model)
 
 
+def hf_naflex_forward(hf_model, x):
+    """HF `Siglip2VisionTransformer` pooled output from our NaFlex numpy inputs."""
+    import torch
+
+    device = torch_device()
+    patches = torch.from_numpy(x["patches"]).to(device)
+    mask = torch.from_numpy(x["patch_mask"]).to(device)
+    shapes = torch.from_numpy(x["patch_coords"].max(axis=1) + 1).long().to(device)
+
+    def run():
+        with torch.no_grad():
+            out = hf_model.vision_model(pixel_values=patches, pixel_attention_mask=mask, spatial_shapes=shapes)
+            return block(out.pooler_output)
+
+    return run, hf_mode(hf_model)
+
+
 def hf_mode(hf_model):
     return f"torch eager, no_grad, attn={getattr(hf_model.config, '_attn_implementation', '?')}"
 

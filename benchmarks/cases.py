@@ -38,6 +38,8 @@ BATCH = {
     ("text_encoder", "B/16"): (32, 2, 256),
     ("fit_step", "tiny"): (32, 32, 256),
     ("fit_step", "w256-d4"): (32, 32, 256),
+    ("naflex_forward", "tiny"): (32, 32, 256),
+    ("naflex_forward", "B/16"): (32, 8, 256),
 }
 
 
@@ -83,11 +85,15 @@ class Context:
             return gpu
         return quick if self.quick else full
 
-    def repeats(self, config_name):
+    def repeats(self, config_name, case_name=None):
         if self._repeats is not None:
             return self._repeats
         if config_name == "tiny":
             return 6 if self.quick else 30
+        if case_name == "fit_step" and not self.quick:
+            return 24  # a step's time varies by +-10% on XLA CPU; 9 samples misled
+        if case_name == "naflex_forward" and not self.quick:
+            return 5  # ~5 s a call on 2 CPU cores
         return 3 if self.quick else 9
 
     def rounds(self, config_name):
@@ -101,6 +107,16 @@ class Context:
         return 1 if (self.quick or config_name != "tiny") else 3
 
     # -- models -----------------------------------------------------------
+    def naflex_models(self, config_name):
+        """Our NaFlex backbone and HF's Siglip2Model with one set of weights."""
+        key = "naflex " + config_name
+        if key not in self._models:
+            self.log(f"building {config_name} NaFlex models (ours, hf)")
+            pair = models.build_naflex_pair(config_name)
+            pair["hf"].to(backends.torch_device())
+            self._models[key] = pair
+        return self._models[key]
+
     def models(self, config_name):
         """Ours / keras-hub / HF with one set of weights, built once per worker."""
         if config_name not in self._models:  # kept: B/16 x 3 implementations is ~2.5 GB
@@ -253,7 +269,7 @@ def fit_step(ctx, config_name):
             entry.update(timing.agreement(results["ours"]["losses"], losses))
         results[name] = entry
         steps[name] = (lambda model: lambda: model.train_on_batch(x))(model)
-    timings = timing.measure_interleaved(steps, 0, ctx.repeats(config_name), ctx.rounds(config_name))
+    timings = timing.measure_interleaved(steps, 0, ctx.repeats(config_name, "fit_step"), 4)
     for name, summary in timings.items():
         results[name].update(summary, value=summary["median_ms"])
     row = {
@@ -268,5 +284,94 @@ def fit_step(ctx, config_name):
         "peers": results,
         "flops": 3 * (models.image_forward_flops(config, batch) + models.text_forward_flops(config, batch)),
     }
+    ctx.emit(row)
+    return row
+
+
+NAFLEX_SEQUENCE_LENGTH = 256
+
+
+def mixed_aspect_sizes(count, rng, low=32, high=1024):
+    """Image sizes (H, W) with log-uniform sides: aspect ratios from 1:32 to 32:1."""
+    return [tuple(int(v) for v in np.exp(rng.uniform(np.log(low), np.log(high), 2))) for _ in range(count)]
+
+
+def naflex_batch(sizes, patch_size, sequence_length, rng):
+    """Random NaFlex inputs for images of `sizes`, at the grids the NaFlex size rule picks."""
+    from keras_siglip.layers.naflex import target_size
+
+    patch_dim = patch_size * patch_size * 3
+    x = {
+        "patches": np.zeros((len(sizes), sequence_length, patch_dim), "float32"),
+        "patch_coords": np.zeros((len(sizes), sequence_length, 2), "int32"),
+        "patch_mask": np.zeros((len(sizes), sequence_length), "int32"),
+    }
+    for i, (height, width) in enumerate(sizes):
+        h, w = (side // patch_size for side in target_size(height, width, patch_size, sequence_length))
+        n = h * w
+        x["patches"][i, :n] = rng.uniform(-1, 1, (n, patch_dim))
+        x["patch_coords"][i, :n] = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij"), -1).reshape(n, 2)
+        x["patch_mask"][i, :n] = 1
+    return x
+
+
+@case("naflex_forward", configs=("tiny", "B/16"), quick_configs=("tiny",),
+      description="SigLIP 2 NaFlex image tower, 32 mixed-aspect images at N=256, vs HF Siglip2")
+def naflex_forward(ctx, config_name):
+    if "hf" not in ctx.peers:
+        return []
+    pair = ctx.naflex_models(config_name)
+    config = models.naflex_config(config_name)
+    batch = ctx.batch("naflex_forward", config_name)
+    patch = config["vision_encoder"]["patch_size"]
+    x = naflex_batch(mixed_aspect_sizes(batch, ctx.rng), patch, NAFLEX_SEQUENCE_LENGTH, ctx.rng)
+    runs = {
+        "ours": backends.keras_forward(pair["ours"].vision_encoder, x),
+        "hf": backends.hf_naflex_forward(pair["hf"], x),
+    }
+    extra = {
+        "flops": models.image_forward_flops(config, batch, NAFLEX_SEQUENCE_LENGTH),
+        "sequence_length": NAFLEX_SEQUENCE_LENGTH,
+        "real_token_fraction": float(x["patch_mask"].mean()),
+    }
+    return ctx.compare("naflex_forward", config_name, batch, runs, extra=extra)
+
+
+@case("packing", description="NaViT packing: real-token fraction, packed vs one image per sequence")
+def packing(ctx, _config):
+    """Not timed: how much of a sequence holds real patches (1 - padding)."""
+    from keras_siglip.data.packing import FirstFitPacker
+    from keras_siglip.layers.naflex import target_size
+
+    rng = np.random.default_rng(0)
+    sizes = mixed_aspect_sizes(2000, rng, 32, 512)
+    patch = 16
+    settings = [
+        # name, sequence length, per-image patch budget (None: native size, capped at 256), drop rate
+        ("NaFlex resize, N=256", 256, 256, None),
+        ("native resolution (<= 256 patches), N=256", 256, None, None),
+        ("native resolution (<= 256 patches), N=1024", 1024, None, None),
+        ("native resolution, N=1024, token drop U(0, 0.5)", 1024, None, (0.0, 0.5)),
+    ]
+    results = []
+    for name, length, budget, drop in settings:
+        packer = FirstFitPacker(length, 16, buffer_size=16, drop_rate=drop, seed=0)
+        for height, width in sizes:
+            h, w = height // patch, width // patch
+            if budget is not None or h * w > 256 or h == 0 or w == 0:
+                h, w = (side // patch for side in target_size(height, width, patch, budget or 256))
+            coords = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij"), -1).reshape(-1, 2)
+            packer.add({"patches": np.zeros((h * w, 1), "float32"), "patch_coords": coords})
+        packer.flush()
+        stats = packer.stats
+        results.append({
+            "setting": name, "sequence_length": length, "images": stats.images,
+            "sequences": stats.sequences, "packed_real_fraction": stats.real_fraction,
+            # Unpacked, each image is padded to the per-image cap (256), not to N.
+            "one_per_sequence_real_fraction": stats.tokens / (stats.images * 256),
+            "images_per_sequence": stats.images_per_sequence,
+        })
+    row = {"case": "packing", "config": None, "backend": ctx.backend, "device": ctx.device,
+           "images": len(sizes), "patch_size": patch, "results": results}
     ctx.emit(row)
     return row

@@ -12,6 +12,7 @@ outputs agree before timing anything.
 Import only inside a worker process, after `KERAS_BACKEND` is set.
 """
 
+import copy
 import pathlib
 import sys
 
@@ -134,6 +135,31 @@ def copy_ours_to_keras_hub(ours, keras_hub_backbone):
             raise AssertionError(f"keras-hub copy did not round-trip {path}")
 
 
+def naflex_config(config_name):
+    """The NaFlex twin of a config: the same towers taking patches; B/16 gets the
+    released NaFlex 16x16 position grid."""
+    config = copy.deepcopy(CONFIGS[config_name])
+    config["vision_encoder"]["input_format"] = "naflex"
+    if config_name == "B/16":
+        config["vision_encoder"]["image_size"] = 256
+    return config
+
+
+def build_naflex_pair(config_name, seed=0):
+    """`{"ours": NaFlex SigLIPBackbone, "hf": transformers.Siglip2Model}`, same weights."""
+    import keras
+    import torch
+    import transformers
+
+    config = naflex_config(config_name)
+    keras.utils.set_random_seed(seed)
+    torch.manual_seed(seed)
+    hf = transformers.Siglip2Model(hf_reference().hf_config_from_keras(config)).float().eval()
+    ours = build_ours(config)
+    copy_hf_to_ours(hf, ours)
+    return {"ours": ours, "hf": hf}
+
+
 def build_trio(config_name, with_keras_hub=True, with_hf=True, seed=0):
     """`{"ours": ..., "keras-hub": ..., "hf": ...}` with identical weights."""
     import keras
@@ -174,10 +200,11 @@ def _map_head_flops(tokens, width, mlp_dim):
     )
 
 
-def image_forward_flops(config, batch):
+def image_forward_flops(config, batch, tokens=None):
+    """Image tower FLOPs; `tokens` overrides the grid of `image_size` (NaFlex N)."""
     v = config["vision_encoder"]
     size = v["image_size"]
-    tokens = (size // v["patch_size"]) ** 2
+    tokens = tokens or (size // v["patch_size"]) ** 2
     width, patch_dim = v["width"], v["patch_size"] ** 2 * v.get("num_channels", 3)
     flops = 2 * tokens * patch_dim * width + _encoder_flops(tokens, width, v["depth"], v["mlp_dim"])
     if v.get("pooling", "map") == "map":

@@ -4,7 +4,7 @@
     python -m benchmarks.profile --backend torch --tower text --config tiny --torch-profiler
 
 Times, for each implementation with the same weights, the parts of a tower in the
-backend's benchmark mode (see `backends.py`): the embedding (patchify + patch
+backend's benchmark mode (see `backends.py`): the embedding (patch
 embedding + positions / token + position embedding), the encoder (all blocks +
 final LayerNorm), one encoder block, and the pooling head. `--torch-profiler`
 (torch backend) also prints torch.profiler's op table of each full forward, which
@@ -50,7 +50,6 @@ def main(argv=None):
     import numpy as np
 
     from benchmarks import backends, models
-    from keras_siglip.layers.vit import patchify
 
     class Part(keras.Model):
         """A sub-computation of a model as a Keras model (so it runs in benchmark mode)."""
@@ -77,7 +76,7 @@ def main(argv=None):
         vit = trio["ours"].vision_encoder.vit
         grid = (size // patch, size // patch)
         ours = [
-            ("embedding", Part(lambda i: vit.position_embedding(vit.embedding(patchify(i, patch)[0]), grid_size=grid),
+            ("embedding", Part(lambda i: vit.position_embedding(vit.embed_images(i)[0], grid_size=grid),
                                [vit.embedding, vit.position_embedding]), x),
             ("encoder", Part(vit.encoder, [vit.encoder]), tokens),
             ("one block", Part(vit.encoder.blocks[0], [vit.encoder.blocks[0]]), tokens),

@@ -16,6 +16,7 @@ CASE_TITLES = {
     "image_encoder": "Image encoder forward",
     "text_encoder": "Text encoder forward",
     "fit_step": "`fit` step (two towers)",
+    "naflex_forward": "NaFlex image encoder forward (N=256)",
 }
 
 # Rows within this fraction of parity are reported as "on par" (timing noise on
@@ -67,7 +68,7 @@ def _gpus():
         return []
 
 
-def busy_processes(sample_s=1.0, threshold=20.0):
+def busy_processes(sample_s=1.0, threshold=20.0, exclude=()):
     """Other processes using more than `threshold` % of a CPU over `sample_s` seconds.
 
     Timings on a 2-core machine are only meaningful when it is otherwise idle;
@@ -78,7 +79,7 @@ def busy_processes(sample_s=1.0, threshold=20.0):
     def snapshot():
         ticks = {}
         for pid in os.listdir("/proc"):
-            if not pid.isdigit() or int(pid) == os.getpid():
+            if not pid.isdigit() or int(pid) == os.getpid() or int(pid) in exclude:
                 continue
             try:
                 with open(f"/proc/{pid}/stat") as f:
@@ -177,7 +178,7 @@ def efficiency(rows):
     machine_peak = max((p["gflops_best"] for p in by_backend.values()), default=None)
     out = []
     for row in rows:
-        if row.get("case") not in ("image_encoder", "text_encoder") or "error" in row:
+        if row.get("case") not in ("image_encoder", "text_encoder", "naflex_forward") or "error" in row:
             continue
         flops = row.get("flops")
         if not flops:
@@ -200,7 +201,13 @@ def goals(comps):
     """The issue's goals, checked on the measured comparisons."""
     kh = [c for c in comps if c["peer"] == "keras-hub"]
     hf_image = [c for c in comps if c["peer"] == "hf" and c["case"] == "image_encoder"]
+    naflex = [c for c in comps if c["peer"] == "hf" and c["case"] == "naflex_forward"]
     return {
+        "naflex_2x_faster_than_hf": {
+            "rows": len(naflex),
+            "ours_2x_faster": sum(c["ratio"] >= 2.0 for c in naflex),
+            "by_backend": {f"{c['backend']} {c['config']}": round(c["ratio"], 3) for c in naflex},
+        },
         "not_slower_than_keras_hub": {
             "rows": len(kh),
             "ours_faster_or_equal": sum(c["ratio"] >= 1.0 for c in kh),
@@ -270,14 +277,20 @@ def markdown(result, notes=None):
     ]
     if m["env"]:
         lines.append("- Environment: " + ", ".join(f"`{k}={v}`" for k, v in m["env"].items()))
-    busy = {b: p for b, p in result.get("busy_before", {}).items() if p}
+    busy = {}
+    for key in ("busy_before", "busy_during"):
+        for backend, procs in result.get(key, {}).items():
+            for p in procs:
+                busy.setdefault(backend, {})[p["pid"]] = p
     if busy:
-        lines.append("- **WARNING: the machine was not idle** (other processes before a backend's worker: "
-                     + "; ".join(f"{b}: " + ", ".join(f"pid {p['pid']} {p['cpu_percent']}% `{p['cmd'][:60]}`"
-                                                    for p in procs) for b, procs in busy.items())
-                     + "); those timings are unreliable.")
+        lines.append("- **WARNING: the machine was not idle** (other processes seen before or during a "
+                     "backend's worker: " + "; ".join(
+                         f"{b}: " + ", ".join(f"pid {p['pid']} {p['cpu_percent']}% `{p['cmd'][:60]}`"
+                                              for p in procs.values()) for b, procs in busy.items())
+                     + "); those backends' timings are unreliable.")
     else:
-        lines.append("- Idle check: no other process used more than 20% of a CPU before any backend's worker.")
+        lines.append("- Idle check: no other process used more than 20% of a CPU before or during any "
+                     "backend's worker (sampled every ~15 s).")
     lines.append("")
 
     g = result["goals"]
@@ -289,8 +302,13 @@ def markdown(result, notes=None):
         f"{kh['ours_faster_or_equal']} of {kh['rows']} rows ({kh['within_par']} within {PAR:.0%} of parity or better).",
         f"- Faster than HF transformers (eager torch) on the image encoder: {hf['ours_faster']} of "
         f"{hf['rows']} rows (" + ", ".join(f"{k}: x{v}" for k, v in hf["by_backend"].items()) + ").",
-        "",
     ]
+    nf = g.get("naflex_2x_faster_than_hf")
+    if nf and nf["rows"]:
+        lines.append(
+            f"- NaFlex image encoder at least 2x faster than HF Siglip2 (eager torch): {nf['ours_2x_faster']} of "
+            f"{nf['rows']} rows (" + ", ".join(f"{k}: x{v}" for k, v in nf["by_backend"].items()) + ").")
+    lines.append("")
 
     lines += ["## Comparisons", ""]
     header = ("| row | config | batch | backend | ours ms | peer | peer ms | ratio | verdict | "
@@ -331,6 +349,20 @@ def markdown(result, notes=None):
             f"{'-' if fm is None else f'{fm:.0%}'} | {'-' if fb is None else f'{fb:.0%}'} |"
         )
     lines.append("")
+
+    packing = next((r for r in result["rows"] if r.get("case") == "packing" and "error" not in r), None)
+    if packing:
+        lines += ["## NaViT packing: share of real patches", "",
+                  f"{packing['images']} images with log-uniform sides in [32, 512] px (aspect ratios up to "
+                  f"16:1), patch {packing['patch_size']}, first-fit packing (`keras_siglip.data.pack_dataset`, "
+                  "buffer 16, up to 16 images per sequence). Not a timing: the fraction of sequence tokens "
+                  "that are real patches; the rest is padding the model computes for nothing.", "",
+                  "| images as | N | packed | one image per sequence (padded to 256) | images per packed sequence |",
+                  "|---|---|---|---|---|"]
+        for r in packing["results"]:
+            lines.append(f"| {r['setting']} | {r['sequence_length']} | {r['packed_real_fraction']:.1%} | "
+                         f"{r['one_per_sequence_real_fraction']:.1%} | {r['images_per_sequence']:.2f} |")
+        lines.append("")
 
     slower = [c for c in comps if c["ratio"] < 1.0]
     lines += ["## Rows where keras_siglip is slower than a peer", ""]
@@ -421,10 +453,12 @@ def chart(result, path):
     return path
 
 
-def build_result(rows, machine, command, quick, wall_s, worker_wall_s, busy_before=None):
+def build_result(rows, machine, command, quick, wall_s, worker_wall_s, busy_before=None,
+                 busy_during=None):
     comps = comparisons(rows)
     return {
         "busy_before": busy_before or {},
+        "busy_during": busy_during or {},
         "command": command,
         "quick": quick,
         "wall_s": wall_s,

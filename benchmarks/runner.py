@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from benchmarks import report
@@ -41,6 +42,8 @@ def parse_args(argv=None):
     parser.add_argument("--notes", default=None,
                         help="Markdown appended to RESULTS.md (default: benchmarks/NOTES.md for "
                              "the full CPU run into benchmarks/)")
+    parser.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                        help="before each backend, wait up to SECONDS for other busy processes to finish")
     parser.add_argument("--require-gpu", action="store_true", help="fail unless every backend sees a GPU")
     return parser.parse_args(argv)
 
@@ -87,6 +90,8 @@ def run_worker(backend, args, log_dir):
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+        monitor = _Monitor(exclude={proc.pid})
+        monitor.start()
         for line in proc.stdout:
             if line.startswith(ROW_PREFIX):
                 row = json.loads(line[len(ROW_PREFIX):])
@@ -95,7 +100,11 @@ def run_worker(backend, args, log_dir):
             elif line.startswith(LOG_PREFIX):
                 print("  " + line[len(LOG_PREFIX):].rstrip(), flush=True)
         code = proc.wait()
+        monitor.stop()
     wall = time.perf_counter() - start
+    for busy in monitor.busy.values():
+        print(f"WARNING: pid {busy['pid']} used {busy['cpu_percent']}% CPU during the {backend} worker "
+              f"({busy['cmd'][:80]}); its timings are unreliable", flush=True)
     if code:
         with open(log_path) as f:
             tail = f.read()[-3000:]
@@ -104,7 +113,40 @@ def run_worker(backend, args, log_dir):
             rows.append({"case": "worker", "config": None, "backend": backend,
                          "error": f"worker exited with {code}; see {log_path}"})
     print(f"=== {backend} done in {wall:.0f} s", flush=True)
-    return rows, wall
+    return rows, wall, list(monitor.busy.values())
+
+
+class _Monitor(threading.Thread):
+    """Samples other processes' CPU use every ~15 s while a worker runs."""
+
+    def __init__(self, exclude, period=15.0):
+        super().__init__(daemon=True)
+        self.exclude = set(exclude)
+        self.period = period
+        self.busy = {}
+        self._stop_event = threading.Event()
+
+    def run(self):
+        while not self._stop_event.wait(self.period):
+            for proc in report.busy_processes(1.0, exclude=self.exclude):
+                previous = self.busy.get(proc["pid"])
+                if previous is None or proc["cpu_percent"] > previous["cpu_percent"]:
+                    self.busy[proc["pid"]] = proc
+
+    def stop(self):
+        self._stop_event.set()
+        self.join()
+
+
+def _wait_idle(seconds):
+    """Poll until no other process is busy, for at most `seconds`; returns the last busy list."""
+    deadline = time.monotonic() + seconds
+    busy = report.busy_processes()
+    while busy and time.monotonic() < deadline:
+        print(f"waiting for the machine to be idle: {', '.join(str(p['pid']) for p in busy)} busy", flush=True)
+        time.sleep(30)
+        busy = report.busy_processes()
+    return busy
 
 
 def main(argv=None):
@@ -129,21 +171,25 @@ def main(argv=None):
     machine = report.describe_machine()
     print(f"Machine: {machine['cpu_model']}, {machine['logical_cpus']} CPUs, {machine['memory_gib']} GiB; "
           f"GPUs: {machine['gpus'] or 'none'}", flush=True)
-    rows, worker_wall, busy_before = [], {}, {}
+    rows, worker_wall, busy_before, busy_during, waited = [], {}, {}, {}, 0.0
     with tempfile.TemporaryDirectory(prefix="keras_siglip_bench_") as log_dir:
         for backend in backends:
-            busy_before[backend] = report.busy_processes()
+            wait_start = time.perf_counter()
+            busy_before[backend] = _wait_idle(args.wait_idle)
+            waited += time.perf_counter() - wait_start
             for proc in busy_before[backend]:
                 print(f"WARNING: machine not idle: pid {proc['pid']} uses {proc['cpu_percent']}% CPU "
                       f"({proc['cmd'][:80]}); timings will be unreliable", flush=True)
-            backend_rows, worker_wall[backend] = run_worker(backend, args, log_dir)
+            backend_rows, worker_wall[backend], busy_during[backend] = run_worker(backend, args, log_dir)
             rows += backend_rows
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start - waited  # waiting for an idle machine is not run time
     command = "python -m benchmarks" + ("" if argv is None and len(sys.argv) <= 1 else
                                         " " + shlex.join(sys.argv[1:] if argv is None else argv))
-    result = report.build_result(rows, machine, command, args.quick, wall, worker_wall, busy_before)
+    result = report.build_result(rows, machine, command, args.quick, wall, worker_wall, busy_before,
+                                 busy_during)
     paths = report.write_all(result, out_dir, notes)
-    print(f"Total wall time {wall:.0f} s. Wrote " + ", ".join(os.path.relpath(p) for p in paths))
+    print(f"Total wall time {wall:.0f} s" + (f" (+ {waited:.0f} s waiting for idle)" if waited > 5 else "")
+          + ". Wrote " + ", ".join(os.path.relpath(p) for p in paths))
     g = result["goals"]
     print("Goals: keras-hub rows faster-or-equal {ours_faster_or_equal}/{rows}".format(
         **g["not_slower_than_keras_hub"]) + "; HF image rows faster {ours_faster}/{rows}".format(

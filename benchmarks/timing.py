@@ -36,7 +36,7 @@ def measure_interleaved(runs, warmup, repeats, rounds=3):
     After each implementation's own warm-up, the timed calls are split into
     `rounds` blocks that alternate between implementations (A B C A B C ...),
     so slow drifts of the machine (other tenants, clocks) hit every
-    implementation alike. When a call is short (< 100 ms) one untimed call
+    implementation alike; the order rotates every round. When a call is short (< 100 ms) one untimed call
     follows each switch, absorbing the previous framework's idle threads.
     """
     durations = {}
@@ -49,8 +49,11 @@ def measure_interleaved(runs, warmup, repeats, rounds=3):
     rounds = max(1, min(rounds, repeats))
     per_round = [repeats // rounds + (1 if i < repeats % rounds else 0) for i in range(rounds)]
     times = {name: [] for name in runs}
-    for count in per_round:
-        for name, run in runs.items():
+    names = list(runs)
+    for index, count in enumerate(per_round):
+        # Rotate the order each round so no implementation always follows the same one.
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            run = runs[name]
             if durations[name] < 0.1:
                 run()
             for _ in range(count):
