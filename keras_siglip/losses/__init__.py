@@ -1,1 +1,1 @@
-from keras_siglip.losses.sigmoid import SigmoidLoss, sigmoid_labels
+from keras_siglip.losses.sigmoid import SigmoidLoss, chunked_sigmoid_loss, sigmoid_labels

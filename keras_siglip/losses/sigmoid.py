@@ -30,3 +30,88 @@ class SigmoidLoss(keras.losses.Loss):
         y_true = ops.cast(y_true, y_pred.dtype)
         terms = ops.log_sigmoid(y_true * y_pred)
         return -ops.sum(ops.where(y_true == 0, ops.zeros_like(terms), terms), axis=-1)
+
+
+def chunked_sigmoid_loss(image_embeddings, text_embeddings, log_temperature, bias, chunk_size):
+    """The SigLIP loss from embeddings, without ever holding the B x B logits.
+
+    Equals `SigmoidLoss()(sigmoid_labels(B), exp(t) * zimg @ ztxt.T + b)` (summed
+    over texts, mean over images; the i-th image matches the i-th text). The
+    texts are taken `chunk_size` at a time in a loop (`ops.fori_loop`, so a
+    compiler runs the blocks one after another), forward and backward: the
+    gradient is written out and recomputes each `(B, chunk_size)` block, so
+    memory is O(B * chunk_size) instead of autodiff's saved B x B.
+
+    Args:
+        image_embeddings, text_embeddings: `(B, D)`, L2-normalised; B static.
+        log_temperature, bias: `(1,)` (`t` and `b`).
+        chunk_size: texts per block; the texts are zero-padded to a multiple
+            of it and the padding is left out.
+
+    Returns:
+        The scalar loss.
+    """
+    batch, dim = image_embeddings.shape
+    if batch is None or tuple(text_embeddings.shape) != (batch, dim):
+        raise ValueError(
+            "chunked_sigmoid_loss needs as many images as texts with a static batch size; "
+            f"got {tuple(image_embeddings.shape)} and {tuple(text_embeddings.shape)}."
+        )
+    chunk = int(min(chunk_size, batch))
+    num_blocks = -(-batch // chunk)
+    rows = ops.arange(batch)[:, None]
+
+    def block(images, padded, scale, b, index):
+        """Block `index`: its texts `(c, D)`, cosines, labels (0 on padding) and logits."""
+        start = index * chunk
+        texts = ops.slice(padded, (start, 0), (chunk, dim))
+        cos = ops.matmul(images, ops.transpose(texts))  # (B, c)
+        columns = start + ops.arange(chunk)[None, :]
+        labels = ops.where(rows == columns, 1.0, -1.0) * ops.cast(columns < batch, "float32")
+        return texts, cos, ops.cast(labels, cos.dtype), scale * cos + b
+
+    @ops.custom_gradient
+    def loss(images, texts, t, b):
+        scale = ops.exp(t)
+        padded = ops.pad(texts, ((0, num_blocks * chunk - batch), (0, 0)))
+
+        def add_block(index, total):
+            _, _, labels, logits = block(images, padded, scale, b, index)
+            terms = ops.where(labels == 0, 0.0, -ops.log_sigmoid(labels * logits))
+            return total + ops.sum(terms)
+
+        value = ops.fori_loop(0, num_blocks, add_block, ops.zeros((), images.dtype)) / batch
+
+        def grad(*args, upstream=None):
+            upstream = args[0] if upstream is None else upstream
+
+            def add_block_grads(index, grads):
+                g_images, g_texts, g_t, g_b = grads
+                texts_c, cos, labels, logits = block(images, padded, scale, b, index)
+                # d/dlogits of -log sigmoid(z * l) is -z * sigmoid(-z * l); 0 on padding.
+                g = -labels * ops.sigmoid(-labels * logits) * (upstream / batch)
+                g_texts = ops.slice_update(
+                    g_texts, (index * chunk, 0), ops.matmul(ops.transpose(g * scale), images)
+                )
+                return (
+                    g_images + ops.matmul(g * scale, texts_c),
+                    g_texts,
+                    g_t + ops.sum(g * cos) * scale,
+                    g_b + ops.sum(g),
+                )
+
+            zeros = ops.zeros((1,), images.dtype)
+            g_images, g_texts, g_t, g_b = ops.fori_loop(
+                0, num_blocks, add_block_grads,
+                (ops.zeros_like(images), ops.zeros_like(padded), zeros, zeros),
+            )
+            return (
+                g_images,
+                g_texts[:batch],
+                ops.reshape(g_t, ops.shape(t)),
+                ops.reshape(g_b, ops.shape(b)),
+            )
+
+        return value, grad
+
+    return loss(image_embeddings, text_embeddings, log_temperature, bias)
