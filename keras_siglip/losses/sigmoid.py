@@ -21,10 +21,23 @@ class SigmoidLoss(keras.losses.Loss):
 
     Returns (with the default mean reduction) the scalar loss; per image
     `(B_img,)` with `reduction=None`.
+
+    Args:
+        chunk_size: with a `SigLIPBackbone`, compute the loss from the
+            embeddings `chunk_size` texts at a time (`chunked_sigmoid_loss`,
+            memory O(B * chunk_size)) instead of from the B x B logits; the
+            same value and gradients. Called directly on logits, this loss is
+            always the plain form.
     """
 
-    def __init__(self, name="sigmoid_loss", reduction="sum_over_batch_size", dtype=None):
+    def __init__(self, chunk_size=None, name="sigmoid_loss", reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if chunk_size is not None and int(chunk_size) < 1:
+            raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+
+    def get_config(self):
+        return {**super().get_config(), "chunk_size": self.chunk_size}
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
@@ -114,4 +127,5 @@ def chunked_sigmoid_loss(image_embeddings, text_embeddings, log_temperature, bia
 
         return value, grad
 
-    return loss(image_embeddings, text_embeddings, log_temperature, bias)
+    # Tensors, not Keras variables: torch's custom-gradient function saves its inputs.
+    return loss(*(ops.convert_to_tensor(v) for v in (image_embeddings, text_embeddings, log_temperature, bias)))

@@ -83,3 +83,22 @@ def test_chunked_memory_is_a_fraction_of_plain():
     chunked_bytes = temp_bytes(lambda *a: chunked_sigmoid_loss(*a, chunk_size=128))
     assert plain_bytes >= 2 * batch * batch * 4  # at least two B x B float32 arrays
     assert chunked_bytes < 0.15 * plain_bytes
+
+
+def test_backbone_fit_with_chunked_loss_matches_plain():
+    """`compile(loss=SigmoidLoss(chunk_size=...))` trains a backbone exactly as the plain loss."""
+    from keras_siglip.models import SigLIPBackbone, SigLIPTextEncoder, SigLIPVisionEncoder
+
+    rng = np.random.default_rng(0)
+    x = {"images": rng.uniform(-1, 1, (6, 16, 16, 3)).astype("float32"),
+         "token_ids": rng.integers(2, 40, (6, 5)).astype("int32")}
+    losses = {}
+    for chunk in (None, 4):
+        keras.utils.set_random_seed(0)
+        model = SigLIPBackbone(SigLIPVisionEncoder(8, 16, 1, 2, 32, image_size=16),
+                               SigLIPTextEncoder(40, 16, 1, 2, 32, sequence_length=5))
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=SigmoidLoss(chunk_size=chunk))
+        losses[chunk] = [float(np.ravel(model.train_on_batch(x))[0]) for _ in range(3)]
+    np.testing.assert_allclose(losses[4], losses[None], rtol=1e-5)
+    assert losses[4][-1] < losses[4][0]
+    assert SigmoidLoss.from_config(SigmoidLoss(chunk_size=4).get_config()).chunk_size == 4

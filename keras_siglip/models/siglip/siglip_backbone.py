@@ -3,7 +3,7 @@ from keras import ops
 from keras_hub.models import Backbone
 
 from keras_siglip.layers.contrastive import ContrastiveHead, L2Normalize, l2_normalize
-from keras_siglip.losses.sigmoid import SigmoidLoss, sigmoid_labels
+from keras_siglip.losses.sigmoid import SigmoidLoss, chunked_sigmoid_loss, sigmoid_labels
 from keras_siglip.models.siglip.siglip_vision_encoder import image_inputs
 from keras_siglip.utils.preset import PresetMixin
 from keras_siglip.utils.tensors import check_token_ids
@@ -163,6 +163,14 @@ class SigLIPBackbone(PresetMixin, Backbone):
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        chunk_size = getattr(getattr(self, "loss", None), "chunk_size", None)
+        if chunk_size and y is None and sample_weight is None and "image_mask" not in y_pred:
+            # Matching pairs on the diagonal: the loss from the embeddings, block by block.
+            loss = chunked_sigmoid_loss(
+                y_pred["image_embeddings"], y_pred["text_embeddings"],
+                self.contrastive_head.log_temperature, self.contrastive_head.bias, chunk_size,
+            )
+            return loss + ops.sum(self.losses) if self.losses else loss
         logits = y_pred["logits"]
         if y is None:
             y = sigmoid_labels(ops.shape(logits)[0], logits.dtype)
