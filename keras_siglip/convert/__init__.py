@@ -160,6 +160,8 @@ def resolve_preset(preset):
 
 _HF_FILES = ("model.safetensors", "model.safetensors.index.json", "spiece.model", "tokenizer.model",
              "preprocessor_config.json", "tokenizer_config.json")
+_KERAS_HUB_FILES = ("model.weights.h5", "metadata.json", "tokenizer.json", "image_converter.json",
+                    "preprocessor.json", "assets/tokenizer/vocabulary.spm")
 
 
 def _download(uri):
@@ -169,16 +171,14 @@ def _download(uri):
     config_path = get_file(uri, "config.json")
     with open(config_path) as f:
         config = json.load(f)
-    if str(config.get("registered_name", "")).startswith(("keras_siglip>",)):
+    registered = str(config.get("registered_name", ""))
+    if registered.startswith("keras_siglip>"):
         return None
-    files = [name for name in _HF_FILES if check_file_exists(uri, name)]
+    names = _KERAS_HUB_FILES if registered.startswith("keras_hub>") else _HF_FILES
+    files = [name for name in names if check_file_exists(uri, name)]
     if "model.safetensors.index.json" in files:
         with open(get_file(uri, "model.safetensors.index.json")) as f:
             files += sorted(set(json.load(f)["weight_map"].values()))
-    if str(config.get("registered_name", "")).startswith("keras_hub>"):
-        files = ["model.weights.h5", "metadata.json", "tokenizer.json", "image_converter.json",
-                 "preprocessor.json", "assets/tokenizer/vocabulary.spm"]
-        files = [name for name in files if check_file_exists(uri, name)]
     for name in files:
         get_file(uri, name)
     return os.path.dirname(config_path)

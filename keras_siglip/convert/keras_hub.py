@@ -78,8 +78,8 @@ def keras_hub_weights(keras_hub_backbone):
             if ours is not None:
                 weights[ours] = ops.convert_to_numpy(variable)
     vision = keras_hub_backbone.vision_encoder
-    height, width = vision.image_shape[:2] if hasattr(vision, "image_shape") else vision.get_config()["image_shape"][:2]
-    patch = vision.get_config()["patch_size"]
+    config = vision.get_config()
+    (height, width), patch = config["image_shape"][:2], config["patch_size"]
     kernel = weights["vit/embedding/kernel"]  # conv (P, P, C, W) -> Dense (P*P*C, W)
     weights["vit/embedding/kernel"] = kernel.reshape(-1, kernel.shape[-1])
     table = weights["vit/position_embedding/embeddings"]  # (h*w, W) -> (h, w, W)
@@ -93,25 +93,12 @@ def keras_hub_weights(keras_hub_backbone):
 
 
 def assign_weights(backbone, weights):
-    """Assign `{path: array}` to `backbone`, reshaping only where layouts are
-    the same numbers (conv vs Dense patch kernel, flat vs grid positions).
-    Every weight must be assigned exactly once; mismatches are listed by name.
-    """
-    variables = {v.path: v for v in backbone.weights}
-    missing = sorted(set(variables) - set(weights))
-    unexpected = sorted(set(weights) - set(variables))
-    misshaped = [
-        f"{path}: {np.shape(weights[path])} vs {tuple(variables[path].shape)}"
-        for path in sorted(set(weights) & set(variables))
-        if np.size(weights[path]) != int(np.prod(variables[path].shape))
-    ]
-    if missing or unexpected or misshaped:
-        raise ValueError(
-            "Checkpoint does not match the model:\n"
-            f"  missing: {missing}\n  unexpected: {unexpected}\n  mis-shaped: {misshaped}"
-        )
-    for path, value in weights.items():
-        variables[path].assign(np.reshape(value, variables[path].shape))
+    """Assign `{our path: array}` (e.g. `keras_hub_weights(...)`) to `backbone`
+    through `common.load_into`: every weight exactly once, every mismatch listed."""
+    from keras_siglip.convert.common import Checkpoint, load_into
+
+    checkpoint = Checkpoint(config=None, tensors=lambda: iter(weights.items()), num_tensors=len(weights))
+    return load_into(backbone, checkpoint, progress=False)
 
 
 def read_keras_hub(folder, progress=None):

@@ -22,6 +22,18 @@ def layer_norm(name, dtype=None):
     )
 
 
+def patch_grid(height, width, patch_size):
+    """`(h, w)` whole patches in a `height x width` image (VALID: the border that
+    does not fill a patch is dropped); an image smaller than a patch is an error."""
+    h, w = height // patch_size, width // patch_size
+    if h == 0 or w == 0:
+        raise ValueError(
+            f"Images of size {height}x{width} are smaller than one "
+            f"{patch_size}x{patch_size} patch."
+        )
+    return h, w
+
+
 def patchify(images, patch_size):
     """Cut images into non-overlapping patches, big_vision's VALID-conv way.
 
@@ -35,12 +47,7 @@ def patchify(images, patch_size):
         each patch flattened in (py, px, c) order; `(h, w)` the static grid size.
     """
     _, height, width, channels = images.shape
-    h, w = height // patch_size, width // patch_size
-    if h == 0 or w == 0:
-        raise ValueError(
-            f"Images of size {height}x{width} are smaller than one "
-            f"{patch_size}x{patch_size} patch."
-        )
+    h, w = patch_grid(height, width, patch_size)
     x = images[:, : h * patch_size, : w * patch_size, :]
     x = ops.reshape(x, (-1, h, patch_size, w, patch_size, channels))
     x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
@@ -184,13 +191,9 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
             )
         query, key, value = (ops.transpose(t, (0, 2, 1, 3)) for t in (query, key, value))
         query = query * ops.cast(self._inverse_sqrt_key_dim, query.dtype)
-        scores = ops.einsum("bhtd,bhsd->bhts", query, key)
-        if attention_mask is not None:
-            mask = ops.cast(attention_mask, "bool")
-            mask = mask[:, None] if len(mask.shape) == 3 else mask
-            scores = ops.where(mask, scores, ops.cast(_large_negative(scores.dtype), scores.dtype))
-        weights = ops.softmax(ops.cast(scores, "float32"), axis=-1)
-        return ops.einsum("bhts,bhsd->bthd", ops.cast(weights, value.dtype), value), None
+        scores = ops.einsum("bhtd,bhsd->bhts", query, key)  # Keras' (B, N, T, S) scores
+        weights = self._masked_softmax(scores, attention_mask)
+        return ops.einsum("bhts,bhsd->bthd", weights, value), None
 
 
 def _heads_first():
@@ -199,10 +202,6 @@ def _heads_first():
     import jax
 
     return jax.default_backend() == "cpu"
-
-
-def _large_negative(dtype):
-    return -65500.0 if "float16" == keras.backend.standardize_dtype(dtype) else -1e9
 
 
 def _attention(num_heads, width, name, dtype):
@@ -432,12 +431,7 @@ class VisionTransformer(keras.layers.Layer):
         """
         _, height, width, channels = images.shape
         size = self.patch_size
-        grid = (height // size, width // size)
-        if grid[0] == 0 or grid[1] == 0:
-            raise ValueError(
-                f"Images of size {height}x{width} are smaller than one "
-                f"{size}x{size} patch."
-            )
+        grid = patch_grid(height, width, size)
         kernel = ops.reshape(self.embedding.kernel, (size, size, channels, self.width))
         x = ops.conv(
             images, ops.cast(kernel, images.dtype), strides=size, padding="valid",
@@ -526,10 +520,10 @@ class VisionTransformer(keras.layers.Layer):
         else:
             grid = ops.cast(grid, "int32")
             grid = grid if packed else grid[:, None]
-        # Each token's image grid; padding gets a 1x1 grid (any finite value does).
+        # Each token's image grid (padding takes the first image's: its output is
+        # never used, and `resize_weights` keeps any grid finite).
         slot = ops.maximum(segments - 1, 0)[..., None]
         token_grid = ops.take_along_axis(grid, ops.concatenate([slot, slot], axis=-1), axis=1)
-        token_grid = ops.where((segments > 0)[..., None], ops.maximum(token_grid, 1), 1)
         x = self.encode_patches(patches, coords, segments, token_grid)
         if self.pooling == "none":
             return self.head(x) if self.head is not None else x
@@ -539,7 +533,6 @@ class VisionTransformer(keras.layers.Layer):
         filled = ops.cast(image_mask, "bool")[..., None]
         x = self.pool(x, ops.logical_or(key_mask, ops.logical_not(filled)))
         return ops.where(filled, x, ops.zeros_like(x))
-
 
     def compute_output_shape(self, input_shape):
         width = self.num_classes or self.width

@@ -60,4 +60,4 @@ def test_mismatched_checkpoint_lists_names(pair):
         assign_weights(ours, weights)
     message = str(error.value)
     assert "vit/map_head/probe" in message and "vit/extra" in message
-    assert "transformer/head/bias: (7,)" in message
+    assert "transformer/head/bias: checkpoint (7,)" in message
