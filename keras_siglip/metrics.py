@@ -1,6 +1,34 @@
-"""Evaluation helpers: image-text retrieval Recall@K (big_vision's evaluators)."""
+"""Evaluation helpers: image-text retrieval Recall@K (big_vision's evaluators) and
+the contrastive training statistics SigLIP logs."""
 
 import numpy as np
+from keras import ops
+
+
+def mean_pair_logits(image_embeddings, text_embeddings, scale, bias, mask=None):
+    """Mean logit of the matching and of the non-matching pairs, in O(B * D).
+
+    Pair `(i, i)` matches. Never forms the B x B logits: the sum of all logits
+    is `scale * (sum_i zimg_i) . (sum_j ztxt_j) + B^2 * bias`.
+
+    Args:
+        image_embeddings, text_embeddings: `(B, D)`.
+        scale, bias: scalars `exp(t)` and `b`.
+        mask: optional `(B,)`, 1 for real pairs (packed slots), 0 to leave out.
+
+    Returns:
+        `(positive, negative)` scalars.
+    """
+    image_embeddings, text_embeddings = ops.convert_to_tensor(image_embeddings), ops.convert_to_tensor(text_embeddings)
+    dtype = image_embeddings.dtype
+    real = ops.ones(ops.shape(image_embeddings)[:1], dtype) if mask is None else ops.cast(mask, dtype)
+    images, texts = image_embeddings * real[:, None], text_embeddings * real[:, None]
+    count = ops.sum(real)
+    positive_sum = scale * ops.sum(images * texts) + count * bias
+    all_sum = scale * ops.sum(ops.sum(images, axis=0) * ops.sum(texts, axis=0)) + count * count * bias
+    positive = positive_sum / ops.maximum(count, 1.0)
+    negative = (all_sum - positive_sum) / ops.maximum(count * count - count, 1.0)
+    return positive, negative
 
 
 def retrieval_recall(image_embeddings, text_embeddings, text_to_image, ks=(1, 5, 10)):

@@ -1,1 +1,7 @@
-from keras_siglip.losses.sigmoid import SigmoidLoss, chunked_sigmoid_loss, sigmoid_labels
+from keras_siglip.losses.distributed import cross_device_setup, gathered_sigmoid_loss, ring_sigmoid_loss
+from keras_siglip.losses.sigmoid import (
+    SigmoidLoss,
+    chunked_sigmoid_loss,
+    sigmoid_labels,
+    sigmoid_loss_from_embeddings,
+)

@@ -28,16 +28,26 @@ class SigmoidLoss(keras.losses.Loss):
             memory O(B * chunk_size)) instead of from the B x B logits; the
             same value and gradients. Called directly on logits, this loss is
             always the plain form.
+        cross_device: with a `SigLIPBackbone` trained on several devices,
+            every image meets the texts of all devices: the loss is the one of
+            the global batch (`keras_siglip.losses.distributed`: a ring of
+            `ppermute`s on a JAX `keras.distribution` mesh, an all-gather
+            across TensorFlow replicas or torch processes). `False` keeps each
+            replica's local batch on TensorFlow / torch (as keras-hub and HF
+            do); on JAX the compiled global batch is then used as is.
     """
 
-    def __init__(self, chunk_size=None, name="sigmoid_loss", reduction="sum_over_batch_size", dtype=None):
+    def __init__(
+        self, chunk_size=None, cross_device=True, name="sigmoid_loss", reduction="sum_over_batch_size", dtype=None
+    ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if chunk_size is not None and int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}.")
         self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.cross_device = bool(cross_device)
 
     def get_config(self):
-        return {**super().get_config(), "chunk_size": self.chunk_size}
+        return {**super().get_config(), "chunk_size": self.chunk_size, "cross_device": self.cross_device}
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, y_pred.dtype)
@@ -45,34 +55,53 @@ class SigmoidLoss(keras.losses.Loss):
         return -ops.sum(ops.where(y_true == 0, ops.zeros_like(terms), terms), axis=-1)
 
 
-def chunked_sigmoid_loss(image_embeddings, text_embeddings, log_temperature, bias, chunk_size):
-    """The SigLIP loss from embeddings, without ever holding the B x B logits.
+def sigmoid_loss_from_embeddings(image_embeddings, text_embeddings, log_temperature, bias, positive_offset=0):
+    """The plain SigLIP loss of `B` images against `M` texts, from embeddings.
 
-    Equals `SigmoidLoss()(sigmoid_labels(B), exp(t) * zimg @ ztxt.T + b)` (summed
-    over texts, mean over images; the i-th image matches the i-th text). The
-    texts are taken `chunk_size` at a time in a loop (`ops.fori_loop`, so a
-    compiler runs the blocks one after another), forward and backward: the
-    gradient is written out and recomputes each `(B, chunk_size)` block, so
-    memory is O(B * chunk_size) instead of autodiff's saved B x B.
+    Image `i` matches text `i + positive_offset`; every other pair is a
+    negative. Summed over texts, mean over the `B` images. Holds the `(B, M)`
+    logits; `chunked_sigmoid_loss` gives the same value without them.
+    """
+    logits = ops.exp(log_temperature) * ops.matmul(image_embeddings, ops.transpose(text_embeddings)) + bias
+    rows = ops.arange(ops.shape(logits)[0])[:, None] + positive_offset
+    labels = ops.where(rows == ops.arange(ops.shape(logits)[1])[None, :], 1.0, -1.0)
+    return -ops.mean(ops.sum(ops.log_sigmoid(ops.cast(labels, logits.dtype) * logits), axis=-1))
+
+
+def chunked_sigmoid_loss(image_embeddings, text_embeddings, log_temperature, bias, chunk_size, positive_offset=0):
+    """The SigLIP loss from embeddings, without ever holding the B x M logits.
+
+    Equals `sigmoid_loss_from_embeddings` (for M = B and offset 0 that is
+    `SigmoidLoss()(sigmoid_labels(B), exp(t) * zimg @ ztxt.T + b)`: summed over
+    texts, mean over images). The texts are taken `chunk_size` at a time in a
+    loop (`ops.fori_loop`, so a compiler runs the blocks one after another),
+    forward and backward: the gradient is written out and recomputes each
+    `(B, chunk_size)` block, so memory is O(B * chunk_size) instead of
+    autodiff's saved B x M.
 
     Args:
-        image_embeddings, text_embeddings: `(B, D)`, L2-normalised; B static.
+        image_embeddings: `(B, D)`, L2-normalised; B static.
+        text_embeddings: `(M, D)`, L2-normalised; M static (M = B, or the texts
+            of all replicas for the cross-device form).
         log_temperature, bias: `(1,)` (`t` and `b`).
         chunk_size: texts per block; the texts are zero-padded to a multiple
             of it and the padding is left out.
+        positive_offset: image `i` matches text `i + positive_offset` (an int
+            or a scalar tensor).
 
     Returns:
         The scalar loss.
     """
     batch, dim = image_embeddings.shape
-    if batch is None or tuple(text_embeddings.shape) != (batch, dim):
+    num_texts = text_embeddings.shape[0]
+    if batch is None or num_texts is None or text_embeddings.shape[1] != dim:
         raise ValueError(
-            "chunked_sigmoid_loss needs as many images as texts with a static batch size; "
-            f"got {tuple(image_embeddings.shape)} and {tuple(text_embeddings.shape)}."
+            "chunked_sigmoid_loss needs image and text embeddings of the same width with static "
+            f"batch sizes; got {tuple(image_embeddings.shape)} and {tuple(text_embeddings.shape)}."
         )
-    chunk = int(min(chunk_size, batch))
-    num_blocks = -(-batch // chunk)
-    rows = ops.arange(batch)[:, None]
+    chunk = int(min(chunk_size, num_texts))
+    num_blocks = -(-num_texts // chunk)
+    rows = ops.arange(batch)[:, None] + positive_offset
 
     def block(images, padded, scale, b, index):
         """Block `index`: its texts `(c, D)`, cosines, labels (0 on padding) and logits."""
@@ -80,20 +109,21 @@ def chunked_sigmoid_loss(image_embeddings, text_embeddings, log_temperature, bia
         texts = ops.slice(padded, (start, 0), (chunk, dim))
         cos = ops.matmul(images, ops.transpose(texts))  # (B, c)
         columns = start + ops.arange(chunk)[None, :]
-        labels = ops.where(rows == columns, 1.0, -1.0) * ops.cast(columns < batch, "float32")
+        labels = ops.where(rows == columns, 1.0, -1.0) * ops.cast(columns < num_texts, "float32")
         return texts, cos, ops.cast(labels, cos.dtype), scale * cos + b
 
     @ops.custom_gradient
     def loss(images, texts, t, b):
         scale = ops.exp(t)
-        padded = ops.pad(texts, ((0, num_blocks * chunk - batch), (0, 0)))
+        padded = ops.pad(texts, ((0, num_blocks * chunk - num_texts), (0, 0)))
 
         def add_block(index, total):
             _, _, labels, logits = block(images, padded, scale, b, index)
             terms = ops.where(labels == 0, 0.0, -ops.log_sigmoid(labels * logits))
             return total + ops.sum(terms)
 
-        value = ops.fori_loop(0, num_blocks, add_block, ops.zeros((), images.dtype)) / batch
+        # Zeros taken from the inputs so they share their sharding type inside `shard_map`.
+        value = ops.fori_loop(0, num_blocks, add_block, ops.zeros_like(images[0, 0])) / batch
 
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
@@ -113,14 +143,14 @@ def chunked_sigmoid_loss(image_embeddings, text_embeddings, log_temperature, bia
                     g_b + ops.sum(g),
                 )
 
-            zeros = ops.zeros((1,), images.dtype)
+            zeros = ops.zeros_like(images[0, :1])
             g_images, g_texts, g_t, g_b = ops.fori_loop(
                 0, num_blocks, add_block_grads,
                 (ops.zeros_like(images), ops.zeros_like(padded), zeros, zeros),
             )
             return (
                 g_images,
-                g_texts[:batch],
+                g_texts[:num_texts],
                 ops.reshape(g_t, ops.shape(t)),
                 ops.reshape(g_b, ops.shape(b)),
             )

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_siglip.losses import SigmoidLoss, chunked_sigmoid_loss, sigmoid_labels
+from keras_siglip.losses import SigmoidLoss, chunked_sigmoid_loss, sigmoid_labels, sigmoid_loss_from_embeddings
 
 
 def plain(images, texts, t, b):
@@ -58,10 +58,35 @@ def test_equals_plain_loss_and_gradients(batch, chunk):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-def test_needs_matching_static_batches():
+@pytest.mark.parametrize("offset,chunk", [(0, 5), (6, 4), (18, 7), (24, 24)])
+def test_more_texts_than_images(offset, chunk):
+    """Image i matches text i + offset among M = 4 B texts (a replica's images
+    against the gathered texts; offset 24 leaves every pair a negative)."""
+    images, texts = embeddings(24, 8, seed=offset)
+    texts = np.concatenate([texts, images[::-1], -texts, images])[: 4 * 6]
+    images = images[:6]
+    args = [images, texts, np.array([np.log(10.0)], "float32"), np.array([-3.0], "float32")]
+    expected, expected_grads = value_and_grads(
+        lambda *a: sigmoid_loss_from_embeddings(*a, positive_offset=offset), args
+    )
+    got, grads = value_and_grads(lambda *a: chunked_sigmoid_loss(*a, chunk, positive_offset=offset), args)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    for name, g, e in zip(("images", "texts", "t", "b"), grads, expected_grads):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_plain_form_from_embeddings_equals_the_loss_on_logits():
+    images, texts = embeddings(7, 8, seed=3)
+    args = [images, texts, np.array([np.log(10.0)], "float32"), np.array([-10.0], "float32")]
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(sigmoid_loss_from_embeddings(*args)), ops.convert_to_numpy(plain(*args)), rtol=1e-6
+    )
+
+
+def test_needs_matching_widths_and_static_batches():
     images, texts = embeddings(6, 4, seed=0)
-    with pytest.raises(ValueError, match="as many images as texts"):
-        chunked_sigmoid_loss(images, texts[:5], np.zeros(1, "float32"), np.zeros(1, "float32"), 2)
+    with pytest.raises(ValueError, match="same width"):
+        chunked_sigmoid_loss(images, texts[:, :3], np.zeros(1, "float32"), np.zeros(1, "float32"), 2)
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="XLA's compile-time memory analysis (jax)")

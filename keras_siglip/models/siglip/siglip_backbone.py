@@ -2,8 +2,12 @@ import keras
 from keras import ops
 from keras_hub.models import Backbone
 
+from keras_siglip.distribution import transformer_layout_map
 from keras_siglip.layers.contrastive import ContrastiveHead, L2Normalize, l2_normalize
+from keras_siglip.losses.distributed import cross_device_setup, gathered_sigmoid_loss, ring_sigmoid_loss
 from keras_siglip.losses.sigmoid import SigmoidLoss, chunked_sigmoid_loss, sigmoid_labels
+from keras_siglip.metrics import mean_pair_logits
+from keras_siglip.optimizers import SigLIPAdamW
 from keras_siglip.models.siglip.siglip_vision_encoder import image_inputs
 from keras_siglip.utils.preset import PresetMixin
 from keras_siglip.utils.tensors import check_token_ids
@@ -87,6 +91,11 @@ class SigLIPBackbone(PresetMixin, Backbone):
         )
         self.temperature_init = temperature_init
         self.bias_init = bias_init
+        # What SigLIP logs while training (epoch means in `fit` / `evaluate` logs).
+        self.contrastive_trackers = [
+            keras.metrics.Mean(name=name)
+            for name in ("temperature", "bias", "positive_logit", "negative_logit")
+        ]
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
@@ -110,6 +119,13 @@ class SigLIPBackbone(PresetMixin, Backbone):
                 )
             return published_backbone(cls, preset, **kwargs)
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
+
+    @staticmethod
+    def get_layout_map(device_mesh, model_axis="model", data_axis="batch"):
+        """Sharding of both towers' weights for `keras.distribution.ModelParallel`
+        (FSDP over `data_axis`, tensor parallel over `model_axis`; either may be
+        None). See `keras_siglip.distribution`."""
+        return transformer_layout_map(device_mesh, model_axis, data_axis)
 
     @property
     def embedding_dim(self):
@@ -151,26 +167,33 @@ class SigLIPBackbone(PresetMixin, Backbone):
         self._check_arrays(x)
         return super().predict(x, *args, **kwargs)
 
-    def compile(self, optimizer="auto", loss="auto", **kwargs):
-        """Defaults: AdamW (lr 1e-3, decoupled weight decay 1e-4, beta2 0.95,
-        global-norm clipping 1.0) and `SigmoidLoss`."""
+    def compile(self, optimizer="auto", loss="auto", total_steps=None, **kwargs):
+        """Defaults as in the SigLIP papers: `SigLIPAdamW` (lr 1e-3, decoupled
+        weight decay 1e-4 on kernels, beta2 0.95, global-norm clipping 1.0;
+        with `total_steps`, linear warmup over 10% of them and cosine decay)
+        and `SigmoidLoss`."""
         if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=1e-3, weight_decay=1e-4, beta_2=0.95, global_clipnorm=1.0
-            )
+            optimizer = SigLIPAdamW(total_steps=total_steps)
+        elif total_steps is not None:
+            raise ValueError("`total_steps` sets the default optimizer's schedule; give your optimizer its own.")
         if loss == "auto":
             loss = SigmoidLoss()
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        chunk_size = getattr(getattr(self, "loss", None), "chunk_size", None)
-        if chunk_size and y is None and sample_weight is None and "image_mask" not in y_pred:
-            # Matching pairs on the diagonal: the loss from the embeddings, block by block.
-            loss = chunked_sigmoid_loss(
-                y_pred["image_embeddings"], y_pred["text_embeddings"],
-                self.contrastive_head.log_temperature, self.contrastive_head.bias, chunk_size,
+        self._track_statistics(y_pred)
+        loss_fn = getattr(self, "loss", None)
+        chunk_size = getattr(loss_fn, "chunk_size", None)
+        setup = cross_device_setup() if getattr(loss_fn, "cross_device", False) else None
+        matching_pairs = y is None and sample_weight is None and "image_mask" not in y_pred
+        if setup and setup[0] == "gathered" and not matching_pairs:
+            raise ValueError(
+                "Across replicas the sigmoid loss pairs image i with text i: pass no `y` or sample "
+                "weights and no packed sequences, or use SigmoidLoss(cross_device=False) for "
+                "per-replica losses."
             )
-            return loss + ops.sum(self.losses) if self.losses else loss
+        if matching_pairs and (chunk_size or setup):
+            return self._loss_from_embeddings(y_pred, chunk_size, setup)
         logits = y_pred["logits"]
         if y is None:
             y = sigmoid_labels(ops.shape(logits)[0], logits.dtype)
@@ -182,6 +205,31 @@ class SigLIPBackbone(PresetMixin, Backbone):
             weights = real / ops.maximum(ops.mean(real), 1e-6)
             sample_weight = weights if sample_weight is None else sample_weight * weights
         return super().compute_loss(x, y, logits, sample_weight, training=training)
+
+    def _loss_from_embeddings(self, y_pred, chunk_size, setup):
+        """The loss of matching pairs from the embeddings: chunked and/or across devices."""
+        args = (
+            y_pred["image_embeddings"], y_pred["text_embeddings"],
+            self.contrastive_head.log_temperature, self.contrastive_head.bias,
+        )
+        extra = ops.sum(self.losses) if self.losses else 0.0
+        if setup is None:
+            return chunked_sigmoid_loss(*args, chunk_size) + extra
+        if setup[0] == "ring":
+            return ring_sigmoid_loss(*args, mesh=setup[1], axis_name=setup[2], chunk_size=chunk_size) + extra
+        loss = gathered_sigmoid_loss(*args, chunk_size=chunk_size) + extra
+        # Keras sums TensorFlow replicas' gradients; torch's DDP averages them.
+        return loss / setup[1] if keras.backend.backend() == "tensorflow" else loss
+
+    def _track_statistics(self, y_pred):
+        # Here rather than in `compute_metrics`: JAX's stateless step maps the
+        # model's variables (t, b) only while computing the loss.
+        scale, bias = self.temperature, self.bias
+        positive, negative = mean_pair_logits(
+            y_pred["image_embeddings"], y_pred["text_embeddings"], scale, bias, y_pred.get("image_mask")
+        )
+        for tracker, value in zip(self.contrastive_trackers, (scale, bias, positive, negative)):
+            tracker.update_state(value)
 
     def get_config(self):
         config = super().get_config()

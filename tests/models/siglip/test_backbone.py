@@ -68,6 +68,28 @@ def test_fit_lowers_the_loss_with_one_forward_per_step(rng, monkeypatch):
     assert history[-1] < 0.5 * history[0]
 
 
+def test_fit_logs_temperature_bias_and_pair_logits(rng):
+    model = tiny_backbone()
+    model.compile(optimizer=keras.optimizers.SGD(0.0))  # weights stay put
+    x = inputs(rng, batch=4)
+    logs = model.fit(x, batch_size=4, epochs=1, verbose=0).history
+    out = ops.convert_to_numpy(model(x)["logits"])
+    np.testing.assert_allclose(logs["temperature"][0], 10.0, rtol=1e-6)
+    np.testing.assert_allclose(logs["bias"][0], -10.0, rtol=1e-6)
+    np.testing.assert_allclose(logs["positive_logit"][0], np.diag(out).mean(), rtol=1e-5)
+    np.testing.assert_allclose(logs["negative_logit"][0], out[~np.eye(4, dtype=bool)].mean(), rtol=1e-5)
+    assert set(model.evaluate(x, batch_size=4, verbose=0, return_dict=True)) >= {"temperature", "positive_logit"}
+
+
+def test_default_compile_follows_the_papers():
+    model = tiny_backbone()
+    model.compile(total_steps=100)
+    assert model.optimizer.total_steps == 100 and model.optimizer.warmup_steps == 10
+    assert model.optimizer.beta_2 == 0.95 and model.optimizer.global_clipnorm == 1.0
+    with pytest.raises(ValueError, match="total_steps"):
+        model.compile(optimizer=keras.optimizers.Adam(), total_steps=100)
+
+
 def test_loss_uses_explicit_labels(rng):
     model = tiny_backbone()
     model.compile()
