@@ -25,6 +25,8 @@ class TextTransformer(keras.layers.Layer):
         sequence_length: the fixed text length L (the position table's size).
         pooling: `"last"` (released SigLIP / SigLIP 2), `"first"`, `"gap"`, `"map"`.
         num_classes: optional width of the Dense `head` after pooling.
+        remat: rematerialise each transformer block in the backward pass
+            (see `keras_siglip.layers.vit.Encoder`).
 
     Call args:
         token_ids: `(B, L)` integers in `[0, vocabulary_size)`.
@@ -43,6 +45,7 @@ class TextTransformer(keras.layers.Layer):
         sequence_length=64,
         pooling="last",
         num_classes=None,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -66,7 +69,9 @@ class TextTransformer(keras.layers.Layer):
             name="token_embedding",
             dtype=dtype,
         )
-        self.encoder = Encoder(depth, num_heads, mlp_dim, name="encoder", dtype=dtype)
+        self.encoder = Encoder(
+            depth, num_heads, mlp_dim, remat=remat, name="encoder", dtype=dtype
+        )
         self.map_head = (
             MAPHead(num_heads, mlp_dim, name="map_head", dtype=dtype)
             if pooling == "map"
@@ -91,6 +96,10 @@ class TextTransformer(keras.layers.Layer):
             self.map_head.build(tokens)
         if self.head is not None:
             self.head.build((None, self.width))
+
+    @property
+    def remat(self):
+        return self.encoder.remat
 
     def call(self, token_ids):
         if len(token_ids.shape) != 2 or token_ids.shape[1] not in (None, self.sequence_length):
@@ -127,5 +136,6 @@ class TextTransformer(keras.layers.Layer):
             sequence_length=self.sequence_length,
             pooling=self.pooling,
             num_classes=self.num_classes,
+            remat=self.remat,
         )
         return config

@@ -8,6 +8,7 @@ embedding stored as a Dense kernel `(P*P*C, W)` in (py, px, c) order, which is t
 reshaped conv kernel `(P, P, C, W)` and also the NaFlex patch embedding.
 """
 
+import functools
 import math
 
 import keras
@@ -180,20 +181,49 @@ class MultiHeadAttention(keras.layers.MultiHeadAttention):
     25 ms through `jax.nn.dot_product_attention`'s `(B, T, H, D)` einsums (the
     NaFlex tiny tower: 1.6x faster). TensorFlow (XLA) and torch (fused SDPA)
     are faster with Keras' own path, which they keep.
+
+    Under a mixed policy (`mixed_bfloat16`) the attention logits and their
+    softmax are float32 on every path: the heads-first core asks for float32
+    logits (`preferred_element_type`) and the explicit-scores path gets a
+    float32 softmax; torch's `scaled_dot_product_attention` accumulates in
+    float32 (its bfloat16 output is the float32 result rounded); JAX's fused
+    attention computes float32 logits; TensorFlow's rounds bfloat16 logits
+    before its float32 softmax, so on TensorFlow the core runs in float32.
+    The probabilities are rounded to bfloat16 before `probs @ v` (as in
+    `jax.nn.dot_product_attention`), except on TensorFlow.
     """
+
+    def _build_attention(self, rank):
+        super()._build_attention(rank)
+        if _is_half(self.compute_dtype):
+            self._softmax = keras.layers.Softmax(axis=self._softmax.axis, dtype="float32")
 
     def _compute_attention(self, query, key, value, attention_mask=None, training=None,
                            return_attention_scores=False, use_causal_mask=False):
+        if _is_half(query.dtype) and keras.backend.backend() == "tensorflow":
+            # TensorFlow's bfloat16 einsum rounds the q.k logits to bfloat16
+            # before Keras' float32 softmax: run the core in float32.
+            query, key, value = (ops.cast(t, "float32") for t in (query, key, value))
         if not _heads_first() or return_attention_scores or use_causal_mask or self._dropout:
             return super()._compute_attention(
                 query, key, value, attention_mask=attention_mask, training=training,
                 return_attention_scores=return_attention_scores, use_causal_mask=use_causal_mask,
             )
+        import jax.numpy as jnp
+
         query, key, value = (ops.transpose(t, (0, 2, 1, 3)) for t in (query, key, value))
         query = query * ops.cast(self._inverse_sqrt_key_dim, query.dtype)
-        scores = ops.einsum("bhtd,bhsd->bhts", query, key)  # Keras' (B, N, T, S) scores
-        weights = self._masked_softmax(scores, attention_mask)
+        # Keras' (B, N, T, S) scores; float32 logits from half-precision inputs.
+        scores = jnp.einsum(
+            "bhtd,bhsd->bhts", query, key,
+            preferred_element_type="float32" if _is_half(query.dtype) else None,
+        )
+        weights = ops.cast(self._masked_softmax(scores, attention_mask), value.dtype)
         return ops.einsum("bhts,bhsd->bthd", weights, value), None
+
+
+def _is_half(dtype):
+    return keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16")
 
 
 def _heads_first():
@@ -253,13 +283,22 @@ class EncoderBlock(keras.layers.Layer):
 
 
 class Encoder(keras.layers.Layer):
-    """`depth` encoder blocks followed by the final `encoder_norm` LayerNorm."""
+    """`depth` encoder blocks followed by the final `encoder_norm` LayerNorm.
 
-    def __init__(self, depth, num_heads, mlp_dim, **kwargs):
+    Args:
+        remat: rematerialise each block (`keras.remat`: `jax.checkpoint`,
+            `tf.recompute_grad`, torch activation checkpointing): only the
+            block inputs are kept for the backward pass, which recomputes each
+            block's activations. Same values and gradients; less memory, about
+            one more forward pass of compute per training step.
+    """
+
+    def __init__(self, depth, num_heads, mlp_dim, remat=False, **kwargs):
         super().__init__(**kwargs)
         self.depth = depth
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
+        self.remat = bool(remat)
         self.blocks = [
             EncoderBlock(num_heads, mlp_dim, name=f"block_{i}", dtype=self.dtype_policy)
             for i in range(depth)
@@ -273,12 +312,19 @@ class Encoder(keras.layers.Layer):
 
     def call(self, x, attention_mask=None):
         for block in self.blocks:
-            x = block(x, attention_mask=attention_mask)
+            if self.remat:
+                # The mask is closed over, not an argument: TensorFlow's
+                # `recompute_grad` takes tensors positionally only.
+                x = keras.remat(functools.partial(block, attention_mask=attention_mask))(x)
+            else:
+                x = block(x, attention_mask=attention_mask)
         return self.encoder_norm(x)
 
     def get_config(self):
         config = super().get_config()
-        config.update(depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim)
+        config.update(
+            depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim, remat=self.remat
+        )
         return config
 
 
@@ -347,6 +393,8 @@ class VisionTransformer(keras.layers.Layer):
         num_classes: optional width of a Dense `head` on the pooled output
             (per token for `pooling="none"`; PaliGemma's projection).
         num_channels: input channels C.
+        remat: rematerialise each transformer block in the backward pass
+            (see `Encoder`); saves activation memory when training large towers.
 
     Call args:
         inputs: `(B, H, W, C)` float images in [-1, 1]; or NaFlex patches, a dict
@@ -375,6 +423,7 @@ class VisionTransformer(keras.layers.Layer):
         pooling="map",
         num_classes=None,
         num_channels=3,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -394,7 +443,9 @@ class VisionTransformer(keras.layers.Layer):
         self.position_embedding = PositionEmbedding(
             self.grid_size, name="position_embedding", dtype=dtype
         )
-        self.encoder = Encoder(depth, num_heads, mlp_dim, name="encoder", dtype=dtype)
+        self.encoder = Encoder(
+            depth, num_heads, mlp_dim, remat=remat, name="encoder", dtype=dtype
+        )
         self.map_head = (
             MAPHead(num_heads, mlp_dim, name="map_head", dtype=dtype)
             if pooling == "map"
@@ -420,6 +471,10 @@ class VisionTransformer(keras.layers.Layer):
             )
         if self.head is not None:
             self.head.build(tokens if self.pooling == "none" else (None, self.width))
+
+    @property
+    def remat(self):
+        return self.encoder.remat
 
     def embed_images(self, images):
         """Patch embedding of whole images: `(B, H, W, C)` -> `(B, h*w, W)`, `(h, w)`.
@@ -559,6 +614,7 @@ class VisionTransformer(keras.layers.Layer):
             pooling=self.pooling,
             num_classes=self.num_classes,
             num_channels=self.num_channels,
+            remat=self.remat,
         )
         return config
 

@@ -71,6 +71,46 @@ def atomic_directory(target):
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_file(target, suffix=""):
+    """Yield a temporary path beside `target` that replaces it only on success.
+
+    Write the file at the yielded path (its name ends with `suffix`, for
+    writers that check extensions); when the block ends without an error the
+    file is flushed to disk and `os.replace`d onto `target`, so readers see
+    the old file or the whole new one, never a partial write. On an error
+    the temporary file is removed and `target` is untouched.
+    """
+    target = os.path.abspath(os.fspath(target))
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.tmp-", suffix=suffix, dir=parent)
+    os.close(fd)
+    try:
+        yield tmp
+        _fsync(tmp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, target)
+    _fsync(parent, directory=True)
+
+
+def _fsync(path, directory=False):
+    """Flush a file (or a folder's entries) to disk where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class PresetMixin:
     """Adds name checking to `from_preset` and atomic `save_to_preset`."""
 

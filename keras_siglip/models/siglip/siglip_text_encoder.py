@@ -17,6 +17,9 @@ class SigLIPTextEncoder(PresetMixin, Backbone):
         pooling: `"last"` (released models), `"first"`, `"gap"` or `"map"`.
         num_classes: Dense head width (the embedding size); None for no head
             (mSigLIP So400m/16 i18n).
+        remat: recompute each transformer block in the backward pass instead
+            of keeping its activations (default False; see
+            `SigLIPVisionEncoder`).
 
     Inputs: `token_ids` `(B, L)` int.
     Outputs: `(B, num_classes or width)`.
@@ -32,6 +35,7 @@ class SigLIPTextEncoder(PresetMixin, Backbone):
         sequence_length=64,
         pooling="last",
         num_classes=None,
+        remat=False,
         dtype=None,
         **kwargs,
     ):
@@ -44,6 +48,7 @@ class SigLIPTextEncoder(PresetMixin, Backbone):
             sequence_length=sequence_length,
             pooling=pooling,
             num_classes=num_classes,
+            remat=remat,
             name="transformer",
             dtype=dtype,
         )
@@ -70,7 +75,7 @@ class SigLIPTextEncoder(PresetMixin, Backbone):
         layer = self.transformer.get_config()
         for key in (
             "vocabulary_size", "width", "depth", "num_heads", "mlp_dim",
-            "sequence_length", "pooling", "num_classes",
+            "sequence_length", "pooling", "num_classes", "remat",
         ):
             config[key] = layer[key]
         return config

@@ -26,6 +26,10 @@ class SigLIPVisionEncoder(PresetMixin, Backbone):
             `"patch_coords"`, `"segment_ids"` `(B, N)`, `"image_mask"` `(B, S)`,
             `"grid_shape"` `(B, S, 2)` (what `keras_siglip.data.pack_dataset`
             makes). The weights are the same for every format.
+        remat: recompute each transformer block in the backward pass instead
+            of keeping its activations (less memory for large towers, same
+            values and gradients). Not a weight property: presets saved
+            without it load with `False`.
 
     Outputs: `(B, width)` (or `(B, num_classes)`); `(B, S, width)` for packed
     sequences.
@@ -43,6 +47,7 @@ class SigLIPVisionEncoder(PresetMixin, Backbone):
         num_classes=None,
         num_channels=3,
         input_format="images",
+        remat=False,
         dtype=None,
         **kwargs,
     ):
@@ -61,6 +66,7 @@ class SigLIPVisionEncoder(PresetMixin, Backbone):
             pooling=pooling,
             num_classes=num_classes,
             num_channels=num_channels,
+            remat=remat,
             name="vit",
             dtype=dtype,
         )
@@ -86,7 +92,10 @@ class SigLIPVisionEncoder(PresetMixin, Backbone):
     def get_config(self):
         config = super().get_config()
         vit = self.vit.get_config()
-        for key in ("patch_size", "width", "depth", "num_heads", "mlp_dim", "pooling", "num_classes", "num_channels"):
+        for key in (
+            "patch_size", "width", "depth", "num_heads", "mlp_dim", "pooling",
+            "num_classes", "num_channels", "remat",
+        ):
             config[key] = vit[key]
         config["image_size"] = self.image_size
         config["input_format"] = self.input_format
