@@ -10,3 +10,13 @@ from keras_siglip.layers.vit import (
     patchify,
 )
 from keras_siglip.layers.naflex import NaFlexImageConverter, target_size, target_size_tf
+from keras_siglip.layers.boxes import (
+    PALIGEMMA_LOC_OFFSET,
+    box_iou,
+    boxes_to_ids,
+    boxes_to_text,
+    decode_boxes,
+    encode_box,
+    grounding_metrics,
+    ids_to_boxes,
+)
