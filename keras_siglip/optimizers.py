@@ -89,6 +89,13 @@ class SigLIPAdamW(keras.optimizers.AdamW):
         self.total_steps = total_steps
         self.warmup_steps = warmup_steps
 
+    def _apply_weight_decay(self, variables):
+        # Only kernels decay; when none trains (e.g. LoRA factors only), Keras'
+        # torch optimizer would fail on an empty list of decayed weights.
+        decayed = [v for v in variables if self._use_weight_decay(v)]
+        if decayed:
+            super()._apply_weight_decay(decayed)
+
     def get_config(self):
         config = super().get_config()
         for key in ("learning_rate", "weight_decay"):

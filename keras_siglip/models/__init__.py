@@ -1,5 +1,7 @@
 from keras_siglip.models.siglip import (
     SigLIPBackbone,
+    SigLIPImageClassifier,
+    SigLIPImageClassifierPreprocessor,
     SigLIPImageConverter,
     SigLIPPreprocessor,
     SigLIPTextEncoder,

@@ -1,4 +1,8 @@
 from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
+from keras_siglip.models.siglip.siglip_image_classifier import (
+    SigLIPImageClassifier,
+    SigLIPImageClassifierPreprocessor,
+)
 from keras_siglip.models.siglip.siglip_image_converter import SigLIPImageConverter
 from keras_siglip.models.siglip.siglip_preprocessor import SigLIPPreprocessor
 from keras_siglip.models.siglip.siglip_text_encoder import SigLIPTextEncoder
