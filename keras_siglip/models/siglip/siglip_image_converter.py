@@ -1,6 +1,7 @@
 import keras
 from keras_hub.layers import ImageConverter
 
+from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
 from keras_siglip.utils.preset import PresetMixin
 
 
@@ -19,6 +20,8 @@ class SigLIPImageConverter(PresetMixin, ImageConverter):
             big_vision's preprocessing; HF's processor is `"bicubic"` with
             antialias. Converted checkpoints carry their source's choice.
     """
+
+    backbone_cls = SigLIPBackbone  # lets `from_preset` find this class in a SigLIP preset
 
     def __init__(
         self,

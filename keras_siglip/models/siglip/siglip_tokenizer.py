@@ -5,6 +5,7 @@ import keras
 import numpy as np
 from keras_hub.tokenizers import SentencePieceTokenizer
 
+from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
 from keras_siglip.utils.preset import PresetMixin
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -51,6 +52,8 @@ class SigLIPTokenizer(PresetMixin, SentencePieceTokenizer):
 
     Output: token ids without BOS or EOS; `SigLIPPreprocessor` packs them.
     """
+
+    backbone_cls = SigLIPBackbone  # lets `from_preset` find this class in a SigLIP preset
 
     def __init__(self, proto=None, pad_token="</s>", lowercase=True, canonicalize=True, **kwargs):
         self.pad_token = pad_token

@@ -107,3 +107,10 @@ def test_image_converter_range_and_dtypes(rng):
 def test_image_converter_refuses_non_rgb(shape):
     with pytest.raises(ValueError, match="RGB"):
         SigLIPImageConverter(image_size=(8, 8))(np.zeros(shape, np.uint8))
+
+
+def test_tokenizer_and_image_converter_load_from_a_backbone_preset():
+    from keras_siglip.models import SigLIPImageConverter, SigLIPTokenizer
+
+    assert SigLIPTokenizer.from_preset("siglip2_shapes_tiny").vocabulary_size() > 0
+    assert tuple(SigLIPImageConverter.from_preset("siglip2_shapes_tiny").image_size) == (48, 48)
