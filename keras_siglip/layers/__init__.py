@@ -1,4 +1,5 @@
 from keras_siglip.layers.contrastive import ContrastiveHead, L2Normalize, l2_normalize
+from keras_siglip.layers.decoder import DecoderBlock, TextDecoder
 from keras_siglip.layers.text import TextTransformer
 from keras_siglip.layers.vit import (
     Encoder,

@@ -1,3 +1,4 @@
+from keras_siglip.models.cappa import CapPaBackbone
 from keras_siglip.models.siglip import (
     SigLIPBackbone,
     SigLIPImageClassifier,

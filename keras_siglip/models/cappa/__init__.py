@@ -1,0 +1,1 @@
+from keras_siglip.models.cappa.cappa_backbone import CapPaBackbone, cappa_parameter_count

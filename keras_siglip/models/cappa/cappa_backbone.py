@@ -1,0 +1,150 @@
+import keras
+from keras_hub.models import Backbone
+
+from keras_siglip.layers.decoder import TextDecoder
+from keras_siglip.layers.vit import VisionTransformer
+from keras_siglip.utils.preset import PresetMixin
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip")
+class CapPaBackbone(PresetMixin, Backbone):
+    """Image captioner (big_vision CapPa `Model`): ViT encoder + `TextDecoder`.
+
+    The encoder is the shared `VisionTransformer` with `pooling="none"`: the
+    decoder cross-attends to all patch tokens after `encoder_norm` (no pooling,
+    no projection).
+
+    Args:
+        vocabulary_size: V (ids `[0, V)`, 0 is padding).
+        patch_size, width, depth, num_heads, mlp_dim: encoder ViT sizes.
+        image_size: int or `(H, W)`, fixes the encoder position grid
+            `(H // P, W // P)` (other sizes run with a resized grid).
+        max_length: the decoder position table's length (text length).
+        decoder_width, decoder_depth, decoder_num_heads, decoder_mlp_dim:
+            decoder sizes; 0 inherits the encoder's (big_vision's convention;
+            the CapPa B/16 recipe sets `decoder_depth=6`).
+        masked_pred: add the [MASK] token (id V) for parallel prediction
+            (CapPa; False for the plain Cap baseline).
+        decoder_bias: biases in the decoder blocks' LayerNorms and MLPs
+            (False in the CapPa recipe).
+        num_channels: image channels C.
+        remat: rematerialise the encoder blocks in the backward pass.
+
+    Inputs: `{"images": (B, H, W, C) float in [-1, 1], "token_ids": (B, L) int}`,
+    `L <= max_length`. Output: `(B, L, V)` autoregressive (teacher-forced)
+    logits; position t predicts `token_ids[:, t]`. Parallel prediction and
+    cached decoding go through `encode_images` and `decoder` (a `TextDecoder`).
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        patch_size,
+        width,
+        depth,
+        num_heads,
+        mlp_dim,
+        image_size=224,
+        max_length=64,
+        decoder_width=0,
+        decoder_depth=0,
+        decoder_num_heads=0,
+        decoder_mlp_dim=0,
+        masked_pred=True,
+        decoder_bias=False,
+        num_channels=3,
+        remat=False,
+        dtype=None,
+        **kwargs,
+    ):
+        image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.vit = VisionTransformer(
+            patch_size=patch_size,
+            width=width,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_dim=mlp_dim,
+            grid_size=(image_size[0] // patch_size, image_size[1] // patch_size),
+            pooling="none",
+            num_channels=num_channels,
+            remat=remat,
+            name="vit",
+            dtype=dtype,
+        )
+        self.decoder = TextDecoder(
+            vocabulary_size=vocabulary_size,
+            width=decoder_width or width,
+            depth=decoder_depth or depth,
+            num_heads=decoder_num_heads or num_heads,
+            mlp_dim=decoder_mlp_dim or mlp_dim,
+            max_length=max_length,
+            masked_pred=masked_pred,
+            use_bias=decoder_bias,
+            encoder_width=width,
+            name="decoder",
+            dtype=dtype,
+        )
+        images = keras.Input(shape=(None, None, num_channels), name="images")
+        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        logits = self.decoder(token_ids, self.vit(images))
+        super().__init__(
+            inputs={"images": images, "token_ids": token_ids},
+            outputs=logits,
+            dtype=dtype,
+            **kwargs,
+        )
+        self.vocabulary_size = vocabulary_size
+        self.image_size = image_size
+        self.max_length = max_length
+        self.decoder_sizes = dict(
+            decoder_width=decoder_width,
+            decoder_depth=decoder_depth,
+            decoder_num_heads=decoder_num_heads,
+            decoder_mlp_dim=decoder_mlp_dim,
+        )
+        self.masked_pred = bool(masked_pred)
+        self.decoder_bias = bool(decoder_bias)
+
+    def encode_images(self, images):
+        """`(B, H, W, C)` -> `(B, N, width)` encoder tokens for the decoder."""
+        return self.vit(images)
+
+    def get_config(self):
+        config = super().get_config()
+        vit = self.vit.get_config()
+        for key in ("patch_size", "width", "depth", "num_heads", "mlp_dim", "num_channels", "remat"):
+            config[key] = vit[key]
+        config.update(
+            vocabulary_size=self.vocabulary_size,
+            image_size=self.image_size,
+            max_length=self.max_length,
+            masked_pred=self.masked_pred,
+            decoder_bias=self.decoder_bias,
+            **self.decoder_sizes,
+        )
+        return config
+
+
+def cappa_parameter_count(config):
+    """Trainable parameters of a `CapPaBackbone` config, without building it."""
+    p, c, w = config["patch_size"], config.get("num_channels", 3), config["width"]
+    size = config.get("image_size", 224)
+    h, ww = (size, size) if isinstance(size, int) else size
+    m = config["mlp_dim"]
+    vision = (p * p * c + 1) * w + (h // p) * (ww // p) * w
+    vision += config["depth"] * (4 * (w * w + w) + 2 * w * m + m + w + 4 * w) + 2 * w
+
+    e = config.get("decoder_width") or w
+    dm = config.get("decoder_mlp_dim") or m
+    depth = config.get("decoder_depth") or config["depth"]
+    vocab = config["vocabulary_size"]
+    bias = bool(config.get("decoder_bias", False))
+    embeddings = (vocab + int(config.get("masked_pred", True))) * e
+    embeddings += config.get("max_length", 64) * e
+    self_attention = 4 * e * e
+    cross_attention = 2 * e * e + 2 * w * e  # query, output; keys, values from width w
+    norms = 3 * e * (2 if bias else 1)
+    mlp = 2 * e * dm + (dm + e if bias else 0)
+    block = self_attention + cross_attention + norms + mlp
+    decoder = embeddings + depth * block + 2 * e + (e + 1) * vocab
+    return vision + decoder
