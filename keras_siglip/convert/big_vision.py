@@ -157,12 +157,13 @@ def _load(path):
     return npz
 
 
-def _leaves(path):
+def _leaves(path, groups=tuple(TOWERS), model="two-tower (SigLIP)"):
     """`{key: (npz key, shape, dtype)}` from the `.npy` headers; no data is read.
 
     Keys lose their `params/` prefix; when the tree has `params`, everything
     outside it (optimizer state of a training checkpoint) is ignored, as
-    big_vision's `load_params` does.
+    big_vision's `load_params` does. Every top-level group in `groups` must
+    be present (else the file is not a `model` checkpoint).
     """
     headers = {}
     with _load(path) as npz:
@@ -192,12 +193,12 @@ def _leaves(path):
         for key, (shape, dtype) in headers.items()
         if key.startswith("params/") or not nested
     }
-    for tower in TOWERS:
-        if not any(key.startswith(tower + "/") for key in leaves):
+    for group in groups:
+        if not any(key.startswith(group + "/") for key in leaves):
             found = ", ".join(sorted(headers)[:6]) or "none"
             raise ValueError(
-                f"{path} holds no {tower}/ params: not a big_vision two-tower "
-                f"(SigLIP) checkpoint. Keys found: {found}."
+                f"{path} holds no {group}/ params: not a big_vision {model} "
+                f"checkpoint. Keys found: {found}."
             )
     return leaves
 
@@ -381,8 +382,11 @@ def read_big_vision(path, config=None, progress=None):
     )
 
 
-def _tensors(path, leaves, config, progress):
-    """Yield `(our path, array)`; each leaf is read once, scanned ones sliced per block."""
+def _tensors(path, leaves, config, progress, our_paths=None, to_ours=None):
+    """Yield `(our path, array)`; each leaf is read once, scanned ones sliced per
+    block. `our_paths(key, shape, npz_key)` gives `[(path, index or None)]`
+    (an index into the stacked leaf), `to_ours(key, value, config)` the layout."""
+    our_paths, to_ours = our_paths or _our_paths, to_ours or _to_ours
     with _load(path) as npz:
         for key, (npz_key, shape, _) in leaves.items():
             try:
@@ -393,9 +397,9 @@ def _tensors(path, leaves, config, progress):
                 progress(npz_key)
             if value.dtype.kind == "V" and value.dtype.itemsize == 2 and value.dtype.names is None:
                 value = value.view(ml_dtypes.bfloat16)
-            for ours, index in _our_paths(key, shape, npz_key):
+            for ours, index in our_paths(key, shape, npz_key):
                 # A slice is copied so that the consumer never holds the stacked leaf.
-                yield ours, _to_ours(key, value if index is None else np.array(value[index]), config)
+                yield ours, to_ours(key, value if index is None else np.array(value[index]), config)
             value = None
 
 
