@@ -1,3 +1,4 @@
+from keras_siglip.losses.captioning import CaptioningLoss, TokenAccuracy, caption_log_likelihood
 from keras_siglip.losses.distributed import cross_device_setup, gathered_sigmoid_loss, ring_sigmoid_loss
 from keras_siglip.losses.sigmoid import (
     SigmoidLoss,

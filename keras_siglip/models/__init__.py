@@ -1,4 +1,4 @@
-from keras_siglip.models.cappa import CapPaBackbone
+from keras_siglip.models.cappa import CapPaBackbone, CapPaCaptioner, CapPaPreprocessor
 from keras_siglip.models.siglip import (
     SigLIPBackbone,
     SigLIPImageClassifier,

@@ -1,1 +1,3 @@
 from keras_siglip.models.cappa.cappa_backbone import CapPaBackbone, cappa_parameter_count
+from keras_siglip.models.cappa.cappa_captioner import CapPaCaptioner
+from keras_siglip.models.cappa.cappa_preprocessor import CapPaPreprocessor
