@@ -78,7 +78,27 @@ class SigLIPTokenizer(PresetMixin, SentencePieceTokenizer):
         return [norm(s) for s in inputs]
 
     def tokenize(self, inputs):
+        self._refresh_tf_tokenizer()
         return super().tokenize(self.normalize(inputs))
+
+    def detokenize(self, inputs):
+        self._refresh_tf_tokenizer()
+        return super().detokenize(inputs)
+
+    def _refresh_tf_tokenizer(self):
+        """Build the tf_text tokenizer anew when a `tf.data` pipeline traces this layer.
+
+        TensorFlow deletes its eager kernels, and with them the tf_text
+        SentencePiece resource, whenever the global seed is set
+        (`keras.utils.set_random_seed`, `tf.random.set_seed`); a tokenizer built
+        before that would fail inside the next pipeline ("SentencepieceResource
+        does not exist"). One build per trace, outside the traced graph.
+        """
+        import tensorflow as tf
+
+        if self.proto is not None and self._use_tf_workflow() and not tf.executing_eagerly():
+            with tf.init_scope():
+                self._set_proto_tf(self.proto)
 
     def get_config(self):
         config = super().get_config()

@@ -304,3 +304,18 @@ def test_config_round_trip(decoder_model):
     assert config["masked_pred_prob"] == 0.75
     restored = CapPaCaptioner.from_config(config)
     assert restored.masked_pred_prob == 0.75 and restored.backbone.max_length == 10
+
+
+def test_fit_and_evaluate_on_raw_images_and_texts(preprocessor):
+    """The task preprocesses raw data itself (keras-hub maps it over tf.data)."""
+    keras.utils.set_random_seed(0)
+    backbone = CapPaBackbone(**{**TINY, "vocabulary_size": preprocessor.tokenizer.vocabulary_size(), "max_length": 8})
+    model = CapPaCaptioner(backbone, preprocessor, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    data = {
+        "images": np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3)).astype("uint8"),
+        "texts": ["a photo of a red circle", "two blue squares at the bottom"] * 4,
+    }
+    before = model.evaluate(data, batch_size=8, verbose=0, return_dict=True)["loss"]
+    model.fit(data, batch_size=4, epochs=3, verbose=0)
+    assert model.evaluate(data, batch_size=8, verbose=0, return_dict=True)["loss"] < before

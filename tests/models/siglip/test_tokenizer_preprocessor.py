@@ -114,3 +114,19 @@ def test_tokenizer_and_image_converter_load_from_a_backbone_preset():
 
     assert SigLIPTokenizer.from_preset("siglip2_shapes_tiny").vocabulary_size() > 0
     assert tuple(SigLIPImageConverter.from_preset("siglip2_shapes_tiny").image_size) == (48, 48)
+
+
+def test_tokenizer_survives_a_seed_reset_before_a_tf_data_pipeline(t5_proto):
+    """TensorFlow drops eager kernels (and the tf_text SentencePiece resource) when
+    the global seed is set; the tokenizer must still work in a later pipeline."""
+    import keras
+    import tensorflow as tf
+
+    from keras_siglip.models import SigLIPTokenizer
+
+    tokenizer = SigLIPTokenizer(t5_proto)
+    expected = [list(ids) for ids in tokenizer(["a red circle", "two blue squares"])]
+    keras.utils.set_random_seed(0)
+    dataset = tf.data.Dataset.from_tensor_slices(["a red circle", "two blue squares"]).map(tokenizer)
+    got = [t.numpy().tolist() for t in dataset]
+    assert got == [[int(i) for i in ids] for ids in expected]
