@@ -1,4 +1,10 @@
-from keras_siglip.models.cappa import CapPaBackbone, CapPaCaptioner, CapPaPreprocessor
+from keras_siglip.models.cappa import (
+    CapPaBackbone,
+    CapPaCaptioner,
+    CapPaPreprocessor,
+    LocCaCaptioner,
+    LocCaPreprocessor,
+)
 from keras_siglip.models.siglip import (
     SigLIPBackbone,
     SigLIPImageClassifier,

@@ -26,7 +26,9 @@ class ParallelPredictionSwitch(keras.layers.Layer):
     (a Bernoulli draw from a `SeedGenerator`, big_vision CapPa), else
     autoregressively; outside training always autoregressively.
 
-    Call args: `token_ids` `(B, L)` targets, `encoded` `(B, N, E_enc)`.
+    Call args: `token_ids` `(B, L)` targets, `encoded` `(B, N, E_enc)`,
+    optional `allowed` `(B,)` bool: only these examples may be drawn for
+    parallel prediction (LocCa: caption examples only).
     Returns `(B, L, V)` logits.
     """
 
@@ -41,13 +43,15 @@ class ParallelPredictionSwitch(keras.layers.Layer):
         draws = keras.random.uniform((batch_size,), seed=self.seed_generator)
         return ops.less(draws, self.masked_pred_prob)
 
-    def call(self, token_ids, encoded, training=None):
+    def call(self, token_ids, encoded, allowed=None, training=None):
         if training and self.masked_pred_prob > 0:
             parallel = self.parallel_choice(ops.shape(token_ids)[0])
+            if allowed is not None:
+                parallel = ops.logical_and(parallel, ops.cast(allowed, "bool"))
             return self.decoder(token_ids, encoded, parallel=parallel)
         return self.decoder(token_ids, encoded)
 
-    def compute_output_shape(self, token_ids_shape, encoded_shape=None):
+    def compute_output_shape(self, token_ids_shape, encoded_shape=None, allowed_shape=None):
         return (*token_ids_shape[:2], self.decoder.vocabulary_size)
 
 
@@ -89,17 +93,19 @@ class CapPaCaptioner(PresetMixin, Task):
         self.caption_decoder = ParallelPredictionSwitch(
             backbone.decoder, masked_pred_prob, seed, name="caption_decoder"
         )
-        channels = backbone.vit.num_channels
-        images = keras.Input(shape=(None, None, channels), name="images")
-        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-        logits = self.caption_decoder(token_ids, backbone.vit(images))
-        super().__init__(
-            inputs={"images": images, "token_ids": token_ids}, outputs=logits, **kwargs
-        )
+        inputs, logits = self._functional_graph(backbone)
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.masked_pred_prob = float(masked_pred_prob)
         self.seed = seed
         # A plain namespace: Keras would track (and rewrap) a dict attribute.
         self._compiled_functions = types.SimpleNamespace(table={})
+
+    def _functional_graph(self, backbone):
+        """`(inputs, logits)` of the task's functional model."""
+        images = keras.Input(shape=(None, None, backbone.vit.num_channels), name="images")
+        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        logits = self.caption_decoder(token_ids, backbone.vit(images))
+        return {"images": images, "token_ids": token_ids}, logits
 
     @property
     def decoder(self):
@@ -164,6 +170,8 @@ class CapPaCaptioner(PresetMixin, Task):
         top_k=None,
         seed=None,
         detokenize=True,
+        prompt_ids=None,
+        logits_processor=None,
     ):
         """Caption images with the KV-cached autoregressive decoder.
 
@@ -181,20 +189,38 @@ class CapPaCaptioner(PresetMixin, Task):
                 `temperature`, restricted to the `top_k` most likely if set).
             seed: sampling seed (same seed, same captions); None draws anew.
             detokenize: return strings when the preprocessor has a tokenizer.
+            prompt_ids: optional `(B, P)` int prompt per example, right-padded
+                with 0: the decoder is teacher-forced through it (the cache is
+                prefilled in one call) and generation continues after it;
+                `P + L <= decoder.max_length` (default L: the default length
+                above minus P).
+            logits_processor: optional `fn(logits, sequence, index, step)`
+                rewriting each step's logits (constrained decoding; see
+                `decode_with_sampler`). Compiled functions are cached per
+                processor object, so reuse one object.
 
         Returns:
-            A list of B captions, or `(B, L)` int token ids ending in EOS.
+            A list of B captions, or `(B, L)` int token ids ending in EOS
+            (with a prompt: the tokens generated after it).
         """
+        prompt = ()
         length = self._default_length(max_length)
+        if prompt_ids is not None:
+            prompt = (ops.convert_to_tensor(ops.convert_to_numpy(prompt_ids), dtype="int32"),)
+            if max_length is None:
+                length -= prompt[0].shape[1]
         key = ("generate", strategy, num_beams if strategy == "beam" else None,
-               float(temperature), top_k, length)
+               float(temperature), top_k, length, bool(prompt), logits_processor)
 
         def build():
             sampler = make_sampler(strategy, num_beams, temperature, top_k)
 
-            def step(images):
+            def step(images, *prompt):
                 encoded = self.backbone.encode_images(images)
-                return decode_with_sampler(self.decoder, encoded, sampler, length, model=self)[0]
+                return decode_with_sampler(
+                    self.decoder, encoded, sampler, length, model=self,
+                    prompt_ids=prompt[0] if prompt else None, logits_processor=logits_processor,
+                )[0]
 
             return sampler, compile_stateless(self, step, sampler.variables)
 
@@ -202,7 +228,7 @@ class CapPaCaptioner(PresetMixin, Task):
         if seed is not None:
             for generator in sampler._seed_generators:
                 generator.state.assign(keras.random.SeedGenerator(seed).state.value)
-        return self._format_output(function(self._image_batch(images)), detokenize)
+        return self._format_output(function(self._image_batch(images), *prompt), detokenize)
 
     def parallel_decode(self, images, max_length=None, detokenize=True):
         """One-shot parallel decoding: every input is [MASK], each position

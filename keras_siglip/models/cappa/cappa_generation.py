@@ -1,10 +1,11 @@
 """Cached caption decoding with keras-hub samplers, and per-backend compilation.
 
-The sampler's "prompt" is the decoder's input sequence `(B, L + 1)`: column 0
-is the pad id 0 the decoder starts from (held fixed by the sampler's mask),
-column t + 1 receives generated target t. At loop index i the step feeds
+The sampler's "prompt" is the decoder's input sequence `(B, P + L + 1)`: column
+0 is the pad id 0 the decoder starts from, columns `1..P` an optional per-example
+prompt (both held fixed by the sampler's mask), the next columns receive the
+generated targets. At loop index i the step feeds
 column i - 1 at decoder position i - 1 (`call_with_cache`), whose logits
-predict column i. The generated targets are columns `1..L`.
+predict column i. Without a prompt the generated targets are columns `1..L`.
 
 A row that has produced EOS is finished: its later logits are replaced by a
 point mass on the pad id (log-probability 0), so finished rows keep padding,
@@ -37,55 +38,98 @@ def make_sampler(strategy, num_beams=4, temperature=1.0, top_k=None, seed=None):
     raise ValueError(f"`strategy` must be one of {STRATEGIES}; got {strategy!r}.")
 
 
-def decode_with_sampler(decoder, encoded, sampler, max_length, model=None):
-    """Generate captions for encoder tokens.
+def decode_with_sampler(
+    decoder, encoded, sampler, max_length, model=None, prompt_ids=None, logits_processor=None
+):
+    """Generate captions for encoder tokens, optionally after a prompt per example.
 
     Args:
         decoder: a `TextDecoder`.
         encoded: `(B, N, E_enc)` encoder tokens.
         sampler: a keras-hub `Sampler` (`make_sampler`).
-        max_length: L, the number of generated positions (`<= decoder.max_length`).
+        max_length: L, the number of generated positions; with a prompt of
+            width P, `P + L <= decoder.max_length`.
         model: the model holding the decoder; on JAX the sampler's loop maps
             its variables (needed inside `compile_stateless`).
+        prompt_ids: optional `(B, P)` int prompt (teacher-forced prefix) per
+            example, right-padded with the pad id 0 (never a prompt token), so
+            row b's prompt is its first `n_b = count(prompt_ids[b] != 0)`
+            tokens. The cache is prefilled with all P columns in one
+            `call_with_cache`; the loop starts at the shortest prompt's end and
+            the sampler's mask keeps longer prompts' tokens, rewriting their
+            cache entries with the same values. Static shapes throughout.
+        logits_processor: optional `fn(logits, sequence, index, step) ->
+            logits` applied to each step's float32 `(R, V)` logits (R = B, or
+            B * beams); `sequence` is the sampler's `(R, P + L + 1)` buffer,
+            `index` the column being predicted and `step` `(R,)` int32 the
+            number of tokens the row has generated before it (negative while
+            the row is still inside its prompt).
 
     Returns:
-        `(token_ids, log_probs)`: `(B, L)` int32 targets (pad 0 after EOS) and,
-        for beam search, `(B,)` the best beam's total log-probability (else None).
+        `(token_ids, log_probs)`: `(B, L)` int32 targets generated after each
+        row's prompt (pad 0 after EOS) and, for beam search, `(B,)` the best
+        beam's total log-probability (prompt tokens add 0; else None).
     """
-    if max_length > decoder.max_length:
-        raise ValueError(
-            f"max_length={max_length} exceeds the decoder's position table ({decoder.max_length})."
-        )
     batch = ops.shape(encoded)[0]
+    if prompt_ids is None:
+        prompt_ids = ops.zeros((batch, 0), dtype="int32")
+    prompt_ids = ops.cast(prompt_ids, "int32")
+    width = prompt_ids.shape[1]
+    total = width + max_length
+    if total > decoder.max_length:
+        raise ValueError(
+            f"A prompt of {width} tokens and max_length={max_length} exceed the decoder's "
+            f"position table ({decoder.max_length})."
+        )
     cross_cache = decoder.cross_attention_cache(encoded)
+    in_prompt = ops.not_equal(prompt_ids, PAD_ID)
+    lengths = ops.sum(ops.cast(in_prompt, "int32"), axis=1)  # (B,)
+    start = ops.zeros((batch, 1), dtype="int32")
+    prompt = ops.concatenate(
+        [start, prompt_ids, ops.zeros((batch, max_length), dtype="int32")], axis=1
+    )
+    mask = ops.concatenate(
+        [ops.ones((batch, 1), "bool"), in_prompt, ops.zeros((batch, max_length), "bool")], axis=1
+    )
+    cache = decoder.initial_cache(batch, total)
+    index = 1
+    if width:
+        _, _, cache = decoder.call_with_cache(prompt[:, :width], cache, 0, cross_cache)
+        index = ops.min(lengths) + 1
     beams = getattr(sampler, "num_beams", None)
+    row_mask, row_lengths = mask, lengths
     if beams is not None:  # the sampler repeats rows beam-major per example
         cross_cache = ops.repeat(cross_cache, beams, axis=0)
-    positions = ops.arange(max_length + 1, dtype="int32")[None, :]
-    prompt = ops.zeros((batch, max_length + 1), dtype="int32")
-    mask = ops.broadcast_to(ops.equal(positions, 0), (batch, max_length + 1))
-    cache = decoder.initial_cache(batch, max_length)
-    forced_pad = ops.where(
-        ops.equal(ops.arange(decoder.vocabulary_size), PAD_ID), 0.0, -1e9
-    )[None, :]
+        row_mask, row_lengths = ops.repeat(mask, beams, axis=0), ops.repeat(lengths, beams, axis=0)
+    positions = ops.arange(total + 1, dtype="int32")[None, :]
+    vocabulary = ops.arange(decoder.vocabulary_size, dtype="int32")
+    forced_pad = ops.where(ops.equal(vocabulary, PAD_ID), 0.0, -1e9)[None, :]
 
     def next(prompt, cache, index):
         rows = ops.shape(prompt)[0]
         inputs = ops.slice(prompt, (0, index - 1), (rows, 1))
         logits, hidden, cache = decoder.call_with_cache(inputs, cache, index - 1, cross_cache)
         logits = ops.cast(logits[:, 0], "float32")
-        generated = ops.logical_and(positions >= 1, positions < index)
+        if logits_processor is not None:
+            logits = logits_processor(logits, prompt, index, index - 1 - row_lengths)
+        # A row still inside its prompt gets a point mass on its next prompt
+        # token: beams keep their scores and stay distinct, as with finished rows.
+        forced = ops.slice(prompt, (0, index), (rows, 1))
+        forced = ops.where(ops.equal(vocabulary[None, :], forced), 0.0, -1e9)
+        logits = ops.where(ops.slice(row_mask, (0, index), (rows, 1)), forced, logits)
+        generated = ops.logical_and(ops.logical_not(row_mask), positions < index)
         finished = ops.any(ops.logical_and(ops.equal(prompt, EOS_ID), generated), axis=1)
         logits = ops.where(finished[:, None], forced_pad, logits)
         return logits, hidden[:, 0], cache
 
     outputs = sampler(
-        next, prompt, cache=cache, index=1, mask=mask, stop_token_ids=(EOS_ID,), model=model
+        next, prompt, cache=cache, index=index, mask=mask, stop_token_ids=(EOS_ID,), model=model
     )
+    log_probs = None
     if beams is not None:
-        prompts, log_probs = outputs
-        return prompts[:, 0, 1:], log_probs[:, 0]
-    return outputs[:, 1:], None
+        outputs, log_probs = outputs[0][:, 0], outputs[1][:, 0]
+    columns = lengths[:, None] + 1 + ops.arange(max_length, dtype="int32")[None, :]
+    return ops.take_along_axis(outputs, columns, axis=1), log_probs
 
 
 def compile_stateless(model, fn, extra_variables=()):
