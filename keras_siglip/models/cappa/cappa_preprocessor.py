@@ -7,7 +7,7 @@ from keras_hub.layers import StartEndPacker
 from keras_hub.src.utils.tensor_utils import preprocessing_function
 
 from keras_siglip.models.cappa.cappa_backbone import CapPaBackbone
-from keras_siglip.models.siglip.siglip_preprocessor import SigLIPPreprocessor, _is_text
+from keras_siglip.models.siglip.siglip_preprocessor import SigLIPPreprocessor, split_inputs
 
 PAD_ID = 0
 EOS_ID = 1
@@ -57,13 +57,7 @@ class CapPaPreprocessor(SigLIPPreprocessor):
 
     @preprocessing_function
     def call(self, x, y=None, sample_weight=None):
-        if not isinstance(x, dict):
-            x = {"texts": x} if _is_text(x) else {"images": x}
-        unknown = set(x) - {"images", "texts"}
-        if unknown:
-            raise ValueError(
-                f"CapPaPreprocessor takes the keys 'images' and 'texts'; got {sorted(unknown)}."
-            )
+        x = split_inputs(x, "CapPaPreprocessor")
         outputs = {}
         if "images" in x:
             outputs["images"] = self.convert_images(x["images"])

@@ -9,6 +9,16 @@ from keras_siglip.models.siglip.siglip_tokenizer import SigLIPTokenizer
 from keras_siglip.utils.preset import PresetMixin
 
 
+def split_inputs(x, name):
+    """`x` as `{"images"?, "texts"?}`: a bare array is images or texts by dtype."""
+    if not isinstance(x, dict):
+        x = {"texts": x} if _is_text(x) else {"images": x}
+    unknown = set(x) - {"images", "texts"}
+    if unknown:
+        raise ValueError(f"{name} takes the keys 'images' and 'texts'; got {sorted(unknown)}.")
+    return x
+
+
 def _is_text(x):
     dtype = getattr(x, "dtype", None)
     if dtype is None:
@@ -72,13 +82,7 @@ class SigLIPPreprocessor(PresetMixin, Preprocessor):
 
     @preprocessing_function
     def call(self, x, y=None, sample_weight=None):
-        if not isinstance(x, dict):
-            x = {"texts": x} if _is_text(x) else {"images": x}
-        unknown = set(x) - {"images", "texts"}
-        if unknown:
-            raise ValueError(
-                f"SigLIPPreprocessor takes the keys 'images' and 'texts'; got {sorted(unknown)}."
-            )
+        x = split_inputs(x, "SigLIPPreprocessor")
         outputs = {}
         if "images" in x:
             images = self.convert_images(x["images"])
