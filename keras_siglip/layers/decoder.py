@@ -115,6 +115,8 @@ class DecoderBlock(keras.layers.Layer):
         cache_update_index: int or int tensor, position of `x[:, 0]`.
         cross_attention_cache: optional `(B, 2, N, H, D)` encoder keys/values
             (`cross_key_value(encoded)`), used instead of `encoded`.
+        encoder_mask: optional `(B, N)` bool, the real encoder tokens (NaFlex
+            padding is False and never attended to); None: all.
 
     Returns:
         `(B, T, E)`, and the updated self-attention cache when one is given.
@@ -167,6 +169,7 @@ class DecoderBlock(keras.layers.Layer):
         self_attention_cache=None,
         cache_update_index=None,
         cross_attention_cache=None,
+        encoder_mask=None,
     ):
         y = self.norm_1(x)
         y = self.self_attention(
@@ -177,11 +180,12 @@ class DecoderBlock(keras.layers.Layer):
             y, self_attention_cache = y
         x = x + y
         y = self.norm_2(x)
+        cross_mask = None if encoder_mask is None else ops.cast(encoder_mask, "bool")[:, None, :]
         if cross_attention_cache is None:
-            y = self.cross_attention(y, encoded)
+            y = self.cross_attention(y, encoded, attention_mask=cross_mask)
         else:
             # keras-hub's static-cache mode: keys and values come from the cache.
-            y, _ = self.cross_attention(y, y, cache=cross_attention_cache)
+            y, _ = self.cross_attention(y, y, attention_mask=cross_mask, cache=cross_attention_cache)
         x = x + y
         x = x + self.mlp(self.norm_3(x))
         return x if self_attention_cache is None else (x, self_attention_cache)
@@ -215,6 +219,7 @@ class TextDecoder(keras.layers.Layer):
             prediction), or a `(B,)` bool tensor choosing per example.
         mask_positions: optional `(B, L)` bool, which inputs of parallel
             examples become [MASK] (default all: big_vision `masking_ratio=1`).
+        encoder_mask: optional `(B, N)` bool, real encoder tokens (None: all).
 
     Returns:
         `(B, L, V)` logits; position t predicts `token_ids[:, t]`.
@@ -330,13 +335,14 @@ class TextDecoder(keras.layers.Layer):
         """`(B, T, E)` block outputs -> `(B, T, V)` (final LayerNorm, Dense)."""
         return self.logits_dense(self.final_norm(x))
 
-    def decode(self, input_ids, encoded, attention_mask=None):
+    def decode(self, input_ids, encoded, attention_mask=None, encoder_mask=None):
         """Logits of prepared inputs (`prepare_inputs`); default mask causal.
 
         Args:
             input_ids: `(B, L)` decoder inputs (already shifted / masked).
             encoded: `(B, N, E_enc)`.
             attention_mask: `(B, L, L)` bool self-attention mask.
+            encoder_mask: optional `(B, N)` bool, real encoder tokens.
 
         Returns:
             `(B, L, V)` logits.
@@ -346,14 +352,14 @@ class TextDecoder(keras.layers.Layer):
             attention_mask = causal_mask(length)[None]
         x = self.embed(input_ids)
         for block in self.blocks:
-            x = block(x, encoded, attention_mask=attention_mask)
+            x = block(x, encoded, attention_mask=attention_mask, encoder_mask=encoder_mask)
         return self.logits(x)
 
-    def call(self, token_ids, encoded, parallel=None, mask_positions=None):
+    def call(self, token_ids, encoded, parallel=None, mask_positions=None, encoder_mask=None):
         self._check_length(token_ids)
         check_token_ids(token_ids, self.vocabulary_size)
         input_ids, attention_mask = self.prepare_inputs(token_ids, parallel, mask_positions)
-        return self.decode(input_ids, encoded, attention_mask)
+        return self.decode(input_ids, encoded, attention_mask, encoder_mask)
 
     def cross_attention_cache(self, encoded):
         """`(B, N, E_enc)` -> `(B, depth, 2, N, H, D)`: every block's encoder
@@ -367,7 +373,9 @@ class TextDecoder(keras.layers.Layer):
         shape = (batch_size, self.depth, 2, length, self.num_heads, self.head_dim)
         return ops.zeros(shape, dtype=dtype or self.compute_dtype)
 
-    def call_with_cache(self, input_ids, cache, cache_update_index, cross_attention_cache):
+    def call_with_cache(
+        self, input_ids, cache, cache_update_index, cross_attention_cache, encoder_mask=None
+    ):
         """Autoregressive decoding of `T` new positions with a key/value cache.
 
         Args:
@@ -379,6 +387,7 @@ class TextDecoder(keras.layers.Layer):
             cache_update_index: int or int tensor `index`.
             cross_attention_cache: `(B, depth, 2, N, H, D)` from
                 `cross_attention_cache(encoded)`.
+            encoder_mask: optional `(B, N)` bool, real encoder tokens.
 
         Returns:
             `(logits, hidden_states, cache)`: `(B, T, V)`, `(B, T, E)` (after the
@@ -392,7 +401,7 @@ class TextDecoder(keras.layers.Layer):
             x, layer_cache = block(
                 x, attention_mask=mask,
                 self_attention_cache=cache[:, i], cache_update_index=cache_update_index,
-                cross_attention_cache=cross_attention_cache[:, i],
+                cross_attention_cache=cross_attention_cache[:, i], encoder_mask=encoder_mask,
             )
             caches.append(layer_cache)
         hidden_states = self.final_norm(x)
@@ -406,7 +415,7 @@ class TextDecoder(keras.layers.Layer):
                 f"got shape {tuple(token_ids.shape)}."
             )
 
-    def compute_output_shape(self, token_ids_shape, encoded_shape=None, **kwargs):
+    def compute_output_shape(self, token_ids_shape, encoded_shape=None, *args, **kwargs):
         return (*token_ids_shape[:2], self.vocabulary_size)
 
     def get_config(self):

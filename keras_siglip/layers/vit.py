@@ -407,6 +407,10 @@ class VisionTransformer(keras.layers.Layer):
             full patch grid (needed when patches were dropped; else the
             largest coordinates + 1 of each image).
 
+        return_tokens: return the encoder's `(B, N, W)` output tokens (after
+            `encoder_norm`, before pooling and `head`): what a decoder
+            cross-attends to (CapPa, LiT-decoder on a pooled SigLIP tower).
+
     Returns:
         `(B, W)` (or `(B, num_classes)`); `(B, S, ...)` for packed sequences
         (zeros in empty slots); `(B, N, W)` tokens for `pooling="none"`.
@@ -533,18 +537,19 @@ class VisionTransformer(keras.layers.Layer):
             x = x[:, 0]
         return self.head(x) if self.head is not None else x
 
-    def call(self, inputs):
+    def call(self, inputs, return_tokens=False):
         if isinstance(inputs, dict):
-            return self._call_patches(inputs)
+            return self._call_patches(inputs, return_tokens)
         images = inputs
         if len(images.shape) != 4 or images.shape[-1] != self.num_channels:
             raise ValueError(
                 f"Expected images of shape (batch, height, width, {self.num_channels}); "
                 f"got shape {tuple(images.shape)}."
             )
-        return self.pool(self.encode_tokens(images))
+        tokens = self.encode_tokens(images)
+        return tokens if return_tokens else self.pool(tokens)
 
-    def _call_patches(self, inputs):
+    def _call_patches(self, inputs, return_tokens=False):
         patches, coords = inputs["patches"], ops.cast(inputs["patch_coords"], "int32")
         patch_dim = self.patch_size * self.patch_size * self.num_channels
         if len(patches.shape) != 3 or patches.shape[-1] != patch_dim:
@@ -580,6 +585,8 @@ class VisionTransformer(keras.layers.Layer):
         slot = ops.maximum(segments - 1, 0)[..., None]
         token_grid = ops.take_along_axis(grid, ops.concatenate([slot, slot], axis=-1), axis=1)
         x = self.encode_patches(patches, coords, segments, token_grid)
+        if return_tokens:
+            return x
         if self.pooling == "none":
             return self.head(x) if self.head is not None else x
         if not packed:
@@ -588,6 +595,15 @@ class VisionTransformer(keras.layers.Layer):
         filled = ops.cast(image_mask, "bool")[..., None]
         x = self.pool(x, ops.logical_or(key_mask, ops.logical_not(filled)))
         return ops.where(filled, x, ops.zeros_like(x))
+
+    def compute_output_spec(self, inputs, return_tokens=False):
+        shape = keras.tree.map_structure(lambda x: x.shape, inputs)
+        if return_tokens:
+            batch = shape["patches"][:2] if isinstance(shape, dict) else (shape[0], None)
+            shape = (*batch, self.width)
+        else:
+            shape = self.compute_output_shape(shape)
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         width = self.num_classes or self.width

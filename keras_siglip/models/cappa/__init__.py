@@ -2,4 +2,4 @@ from keras_siglip.models.cappa.cappa_backbone import CapPaBackbone, cappa_parame
 from keras_siglip.models.cappa.cappa_captioner import CapPaCaptioner
 from keras_siglip.models.cappa.cappa_preprocessor import CapPaPreprocessor
 from keras_siglip.models.cappa.locca import LocCaCaptioner
-from keras_siglip.models.cappa.locca_preprocessor import LocCaPreprocessor
+from keras_siglip.models.cappa.locca_preprocessor import LocCaPreprocessor, locca_examples

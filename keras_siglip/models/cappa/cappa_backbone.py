@@ -1,9 +1,42 @@
 import keras
+from keras import ops
 from keras_hub.models import Backbone
 
 from keras_siglip.layers.decoder import TextDecoder
 from keras_siglip.layers.vit import VisionTransformer
+from keras_siglip.models.siglip.siglip_vision_encoder import image_inputs
 from keras_siglip.utils.preset import PresetMixin
+
+ENCODER_FORMATS = ("images", "naflex")
+
+
+def encoder_input_spec(input_format, vit):
+    """Fresh symbolic encoder inputs: `(model_inputs_dict, encoder_input)`;
+    the encoder input is the images tensor, or the NaFlex dict."""
+    if input_format not in ENCODER_FORMATS:
+        raise ValueError(f"An encoder-decoder takes input_format in {ENCODER_FORMATS}; got {input_format!r}.")
+    inputs = image_inputs(input_format, vit.patch_size, vit.num_channels)
+    return inputs, inputs["images"] if input_format == "images" else inputs
+
+
+def encoder_input(inputs):
+    """Model inputs (a dict with `"images"` or the NaFlex keys, or an images
+    tensor) -> what the ViT takes: the images, or the NaFlex dict."""
+    if not isinstance(inputs, dict):
+        return inputs
+    if "images" in inputs:
+        return inputs["images"]
+    missing = {"patches", "patch_coords", "patch_mask"} - set(inputs)
+    if missing:
+        raise ValueError(f"Expected 'images' or NaFlex inputs; missing {sorted(missing)}.")
+    return {key: inputs[key] for key in ("patches", "patch_coords", "patch_mask")}
+
+
+def encoder_mask(images):
+    """`(B, N)` bool real-token mask of NaFlex inputs; None for whole images."""
+    if isinstance(images, dict):
+        return ops.greater(ops.cast(images["patch_mask"], "int32"), 0)
+    return None
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -29,11 +62,16 @@ class CapPaBackbone(PresetMixin, Backbone):
             (False in the CapPa recipe).
         num_channels: image channels C.
         remat: rematerialise the encoder blocks in the backward pass.
+        input_format: `"images"` (fixed resolution, any size) or `"naflex"`
+            (SigLIP 2 native aspect ratio: `"patches"`, `"patch_coords"`,
+            `"patch_mask"` from a `NaFlexImageConverter`; the decoder never
+            attends to padding patches). Same weights either way.
 
-    Inputs: `{"images": (B, H, W, C) float in [-1, 1], "token_ids": (B, L) int}`,
-    `L <= max_length`. Output: `(B, L, V)` autoregressive (teacher-forced)
-    logits; position t predicts `token_ids[:, t]`. Parallel prediction and
-    cached decoding go through `encode_images` and `decoder` (a `TextDecoder`).
+    Inputs: `{"images": (B, H, W, C) float in [-1, 1], "token_ids": (B, L) int}`
+    (or the NaFlex keys instead of `"images"`), `L <= max_length`. Output:
+    `(B, L, V)` autoregressive (teacher-forced) logits; position t predicts
+    `token_ids[:, t]`. Parallel prediction and cached decoding go through
+    `encode_images`, `encoder_mask` and `decoder` (a `TextDecoder`).
     """
 
     def __init__(
@@ -54,6 +92,7 @@ class CapPaBackbone(PresetMixin, Backbone):
         decoder_bias=False,
         num_channels=3,
         remat=False,
+        input_format="images",
         dtype=None,
         **kwargs,
     ):
@@ -84,16 +123,19 @@ class CapPaBackbone(PresetMixin, Backbone):
             name="decoder",
             dtype=dtype,
         )
-        images = keras.Input(shape=(None, None, num_channels), name="images")
+        inputs, images = encoder_input_spec(input_format, self.vit)
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-        logits = self.decoder(token_ids, self.vit(images))
+        logits = self.decoder(
+            token_ids, self.vit(images, return_tokens=True), encoder_mask=encoder_mask(images)
+        )
         super().__init__(
-            inputs={"images": images, "token_ids": token_ids},
+            inputs={**inputs, "token_ids": token_ids},
             outputs=logits,
             dtype=dtype,
             **kwargs,
         )
         self.vocabulary_size = vocabulary_size
+        self.input_format = input_format
         self.image_size = image_size
         self.max_length = max_length
         self.decoder_sizes = dict(
@@ -106,8 +148,13 @@ class CapPaBackbone(PresetMixin, Backbone):
         self.decoder_bias = bool(decoder_bias)
 
     def encode_images(self, images):
-        """`(B, H, W, C)` -> `(B, N, width)` encoder tokens for the decoder."""
-        return self.vit(images)
+        """`(B, H, W, C)` images (or NaFlex inputs) -> `(B, N, width)` encoder
+        tokens for the decoder; see `encoder_mask` for NaFlex padding."""
+        return self.vit(encoder_input(images), return_tokens=True)
+
+    def encoder_mask(self, images):
+        """`(B, N)` bool real tokens of NaFlex inputs; None for whole images."""
+        return encoder_mask(encoder_input(images))
 
     def get_config(self):
         config = super().get_config()
@@ -120,6 +167,7 @@ class CapPaBackbone(PresetMixin, Backbone):
             max_length=self.max_length,
             masked_pred=self.masked_pred,
             decoder_bias=self.decoder_bias,
+            input_format=self.input_format,
             **self.decoder_sizes,
         )
         return config

@@ -8,7 +8,7 @@ from keras import ops
 from keras_hub.models import Task
 
 from keras_siglip.losses.captioning import CaptioningLoss, TokenAccuracy, caption_log_likelihood
-from keras_siglip.models.cappa.cappa_backbone import CapPaBackbone
+from keras_siglip.models.cappa.cappa_backbone import CapPaBackbone, encoder_input_spec
 from keras_siglip.models.cappa.cappa_generation import (
     compile_stateless,
     decode_with_sampler,
@@ -28,7 +28,8 @@ class ParallelPredictionSwitch(keras.layers.Layer):
 
     Call args: `token_ids` `(B, L)` targets, `encoded` `(B, N, E_enc)`,
     optional `allowed` `(B,)` bool: only these examples may be drawn for
-    parallel prediction (LocCa: caption examples only).
+    parallel prediction (LocCa: caption examples only); optional
+    `encoder_mask` `(B, N)` bool (NaFlex: real patches).
     Returns `(B, L, V)` logits.
     """
 
@@ -43,15 +44,15 @@ class ParallelPredictionSwitch(keras.layers.Layer):
         draws = keras.random.uniform((batch_size,), seed=self.seed_generator)
         return ops.less(draws, self.masked_pred_prob)
 
-    def call(self, token_ids, encoded, allowed=None, training=None):
+    def call(self, token_ids, encoded, allowed=None, encoder_mask=None, training=None):
         if training and self.masked_pred_prob > 0:
             parallel = self.parallel_choice(ops.shape(token_ids)[0])
             if allowed is not None:
                 parallel = ops.logical_and(parallel, ops.cast(allowed, "bool"))
-            return self.decoder(token_ids, encoded, parallel=parallel)
-        return self.decoder(token_ids, encoded)
+            return self.decoder(token_ids, encoded, parallel=parallel, encoder_mask=encoder_mask)
+        return self.decoder(token_ids, encoded, encoder_mask=encoder_mask)
 
-    def compute_output_shape(self, token_ids_shape, encoded_shape=None, allowed_shape=None):
+    def compute_output_shape(self, token_ids_shape, encoded_shape=None, *args, **kwargs):
         return (*token_ids_shape[:2], self.decoder.vocabulary_size)
 
 
@@ -100,12 +101,18 @@ class CapPaCaptioner(PresetMixin, Task):
         # A plain namespace: Keras would track (and rewrap) a dict attribute.
         self._compiled_functions = types.SimpleNamespace(table={})
 
+    def _encoder_graph(self, backbone):
+        """Symbolic `(inputs, encoded, encoder_mask)` of the backbone's encoder."""
+        inputs, images = encoder_input_spec(backbone.input_format, backbone.vit)
+        encoded = backbone.vit(images, return_tokens=True)
+        return inputs, encoded, backbone.encoder_mask(images)
+
     def _functional_graph(self, backbone):
         """`(inputs, logits)` of the task's functional model."""
-        images = keras.Input(shape=(None, None, backbone.vit.num_channels), name="images")
+        inputs, encoded, mask = self._encoder_graph(backbone)
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-        logits = self.caption_decoder(token_ids, backbone.vit(images))
-        return {"images": images, "token_ids": token_ids}, logits
+        logits = self.caption_decoder(token_ids, encoded, encoder_mask=mask)
+        return {**inputs, "token_ids": token_ids}, logits
 
     @property
     def decoder(self):
@@ -125,11 +132,20 @@ class CapPaCaptioner(PresetMixin, Task):
     # === Inputs ===
 
     def _image_batch(self, images):
-        """Raw images (with a preprocessor) or model-ready `(B, H, W, C)` -> tensor."""
+        """Raw images (with a preprocessor) or model-ready `(B, H, W, C)` (or
+        NaFlex dict) -> encoder input tensor(s)."""
+        if isinstance(images, dict):  # model-ready NaFlex inputs
+            return {k: ops.convert_to_tensor(ops.convert_to_numpy(v)) for k, v in images.items()}
         if self.preprocessor is not None:
             images = self.preprocessor.convert_images(images)
+            if isinstance(images, dict):
+                return self._image_batch(images)
         images = ops.convert_to_tensor(images, dtype="float32")
         return images[None] if len(images.shape) == 3 else images
+
+    def _encode(self, images):
+        """`(encoded (B, N, E), encoder_mask (B, N) or None)` of an image batch."""
+        return self.backbone.encode_images(images), self.backbone.encoder_mask(images)
 
     def _token_batch(self, texts=None, token_ids=None):
         if (texts is None) == (token_ids is None):
@@ -216,10 +232,11 @@ class CapPaCaptioner(PresetMixin, Task):
             sampler = make_sampler(strategy, num_beams, temperature, top_k)
 
             def step(images, *prompt):
-                encoded = self.backbone.encode_images(images)
+                encoded, mask = self._encode(images)
                 return decode_with_sampler(
                     self.decoder, encoded, sampler, length, model=self,
                     prompt_ids=prompt[0] if prompt else None, logits_processor=logits_processor,
+                    encoder_mask=mask,
                 )[0]
 
             return sampler, compile_stateless(self, step, sampler.variables)
@@ -240,9 +257,9 @@ class CapPaCaptioner(PresetMixin, Task):
 
         def build():
             def step(images):
-                encoded = self.backbone.encode_images(images)
-                placeholder = ops.zeros((ops.shape(images)[0], length), dtype="int32")
-                logits = self.decoder(placeholder, encoded, parallel=True)
+                encoded, mask = self._encode(images)
+                placeholder = ops.zeros((ops.shape(encoded)[0], length), dtype="int32")
+                logits = self.decoder(placeholder, encoded, parallel=True, encoder_mask=mask)
                 return strip_after_eos(ops.argmax(logits, axis=-1))
 
             return compile_stateless(self, step)
@@ -265,7 +282,8 @@ class CapPaCaptioner(PresetMixin, Task):
 
         def build():
             def step(images, token_ids):
-                logits = self.decoder(token_ids, self.backbone.encode_images(images))
+                encoded, mask = self._encode(images)
+                logits = self.decoder(token_ids, encoded, encoder_mask=mask)
                 return caption_log_likelihood(logits, token_ids)
 
             return compile_stateless(self, step)
@@ -273,33 +291,51 @@ class CapPaCaptioner(PresetMixin, Task):
         scores = self._compiled(("score",), build)(self._image_batch(images), token_ids)
         return np.asarray(ops.convert_to_numpy(scores))
 
+    def _class_sequences(self, class_names, prompt):
+        """`(inputs, targets)`, `(K, L)` each: the decoder's teacher-forced
+        sequences for the K class names and the scored targets (pad 0 where
+        unscored). CapPa scores the whole `prompt + name` (big_vision)."""
+        token_ids = self._token_batch(texts=[prompt + name for name in class_names])
+        return token_ids, token_ids
+
     def class_log_likelihoods(self, images, class_names, prompt="", batch_size=64):
-        """`(B, K)` log-likelihood of `prompt + name` for each image and class
-        (big_vision `scoring_classifier`: unnormalised sum over non-pad tokens).
+        """`(B, K)` log-likelihood of each class name for each image (big_vision
+        `scoring_classifier`: unnormalised sum over the scored tokens; see
+        `_class_sequences`).
 
         Images are encoded once; classes are scored `batch_size` at a time.
         """
         if not class_names:
             raise ValueError("`class_names` must name at least one class.")
-        token_ids = self._token_batch(texts=[prompt + name for name in class_names])
+        token_ids, targets = self._class_sequences(class_names, prompt)
 
         def build_encode():
-            return compile_stateless(self, self.backbone.encode_images)
+            def encode(images):
+                encoded, mask = self._encode(images)
+                return (encoded,) if mask is None else (encoded, mask)
+
+            return compile_stateless(self, encode)
 
         def build_scores():
-            def step(encoded, class_ids):
+            def step(class_ids, class_targets, encoded, *mask):
                 # (B, N, W) x (k, L) -> all B * k pairs, image-major.
                 batch, classes = ops.shape(encoded)[0], ops.shape(class_ids)[0]
                 pair_tokens = ops.tile(class_ids, (batch, 1))
-                logits = self.decoder(pair_tokens, ops.repeat(encoded, classes, axis=0))
-                return ops.reshape(caption_log_likelihood(logits, pair_tokens), (batch, classes))
+                mask = ops.repeat(mask[0], classes, axis=0) if mask else None
+                logits = self.decoder(
+                    pair_tokens, ops.repeat(encoded, classes, axis=0), encoder_mask=mask
+                )
+                scores = caption_log_likelihood(logits, ops.tile(class_targets, (batch, 1)))
+                return ops.reshape(scores, (batch, classes))
 
             return compile_stateless(self, step)
 
         encoded = self._compiled(("encode",), build_encode)(self._image_batch(images))
         scores = self._compiled(("class_scores",), build_scores)
         chunks = [
-            ops.convert_to_numpy(scores(encoded, token_ids[start : start + batch_size]))
+            ops.convert_to_numpy(
+                scores(token_ids[start : start + batch_size], targets[start : start + batch_size], *encoded)
+            )
             for start in range(0, len(class_names), batch_size)
         ]
         return np.concatenate(chunks, axis=1)

@@ -39,7 +39,8 @@ def make_sampler(strategy, num_beams=4, temperature=1.0, top_k=None, seed=None):
 
 
 def decode_with_sampler(
-    decoder, encoded, sampler, max_length, model=None, prompt_ids=None, logits_processor=None
+    decoder, encoded, sampler, max_length, model=None, prompt_ids=None, logits_processor=None,
+    encoder_mask=None,
 ):
     """Generate captions for encoder tokens, optionally after a prompt per example.
 
@@ -64,6 +65,7 @@ def decode_with_sampler(
             `index` the column being predicted and `step` `(R,)` int32 the
             number of tokens the row has generated before it (negative while
             the row is still inside its prompt).
+        encoder_mask: optional `(B, N)` bool, the real encoder tokens (NaFlex).
 
     Returns:
         `(token_ids, log_probs)`: `(B, L)` int32 targets generated after each
@@ -94,12 +96,14 @@ def decode_with_sampler(
     cache = decoder.initial_cache(batch, total)
     index = 1
     if width:
-        _, _, cache = decoder.call_with_cache(prompt[:, :width], cache, 0, cross_cache)
+        _, _, cache = decoder.call_with_cache(prompt[:, :width], cache, 0, cross_cache, encoder_mask)
         index = ops.min(lengths) + 1
     beams = getattr(sampler, "num_beams", None)
     row_mask, row_lengths = mask, lengths
     if beams is not None:  # the sampler repeats rows beam-major per example
         cross_cache = ops.repeat(cross_cache, beams, axis=0)
+        if encoder_mask is not None:
+            encoder_mask = ops.repeat(encoder_mask, beams, axis=0)
         row_mask, row_lengths = ops.repeat(mask, beams, axis=0), ops.repeat(lengths, beams, axis=0)
     positions = ops.arange(total + 1, dtype="int32")[None, :]
     vocabulary = ops.arange(decoder.vocabulary_size, dtype="int32")
@@ -108,7 +112,9 @@ def decode_with_sampler(
     def next(prompt, cache, index):
         rows = ops.shape(prompt)[0]
         inputs = ops.slice(prompt, (0, index - 1), (rows, 1))
-        logits, hidden, cache = decoder.call_with_cache(inputs, cache, index - 1, cross_cache)
+        logits, hidden, cache = decoder.call_with_cache(
+            inputs, cache, index - 1, cross_cache, encoder_mask
+        )
         logits = ops.cast(logits[:, 0], "float32")
         if logits_processor is not None:
             logits = logits_processor(logits, prompt, index, index - 1 - row_lengths)

@@ -60,12 +60,23 @@ class CapPaPreprocessor(SigLIPPreprocessor):
         x = split_inputs(x, "CapPaPreprocessor")
         outputs = {}
         if "images" in x:
-            outputs["images"] = self.convert_images(x["images"])
+            outputs.update(self.model_images(x["images"]))
         if "texts" in x:
             outputs["token_ids"] = self.pack_texts(x["texts"])
             if y is None:
                 y = outputs["token_ids"]
         return keras.utils.pack_x_y_sample_weight(outputs, y, sample_weight)
+
+    def tokenize_ragged(self, texts):
+        """`(B,)` strings -> ragged int32 `(B, None)` ids (no EOS, no padding)."""
+        import tensorflow as tf
+
+        ids = self.tokenizer(tf.convert_to_tensor(texts))
+        if isinstance(ids, (list, tuple)):  # keras-hub's eager (non-tf.data) path
+            return tf.ragged.constant([list(row) for row in ids], dtype=tf.int32, ragged_rank=1)
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(ids))
+        return tf.cast(ids, tf.int32)
 
     def detokenize(self, token_ids):
         """`(B, L)` generated ids -> list of B strings (text up to the first EOS)."""

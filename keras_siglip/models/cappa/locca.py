@@ -94,11 +94,11 @@ class LocCaCaptioner(CapPaCaptioner):
         super().__init__(backbone, preprocessor, masked_pred_prob, seed, **kwargs)
 
     def _functional_graph(self, backbone):
-        images = keras.Input(shape=(None, None, backbone.vit.num_channels), name="images")
+        inputs, encoded, mask = self._encoder_graph(backbone)
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         tasks = keras.Input(shape=(), dtype="int32", name="tasks")
-        logits = self.caption_decoder(token_ids, backbone.vit(images), ops.equal(tasks, CAP))
-        return {"images": images, "token_ids": token_ids, "tasks": tasks}, logits
+        logits = self.caption_decoder(token_ids, encoded, ops.equal(tasks, CAP), encoder_mask=mask)
+        return {**inputs, "token_ids": token_ids, "tasks": tasks}, logits
 
     # === Loss with a token mask ===
 

@@ -50,6 +50,35 @@ def task_ids(tasks):
     return tasks.astype(np.int32)
 
 
+def locca_examples(images, captions, texts, boxes):
+    """Each image -> its three LocCa examples: Cap (its caption), ARef (`text`
+    -> its box) and GCap (box -> `text`), as LocCa draws one region per image.
+
+    Args:
+        images: `(B, H, W, C)` array.
+        captions: `(B,)` image captions.
+        texts: `(B,)` region texts (e.g. "a red circle").
+        boxes: `(B, 4)` the regions' normalised `[y1, x1, y2, x2]`.
+
+    Returns:
+        numpy `{"images": (3B, H, W, C), "texts": (3B,), "boxes": (3B, 4),
+        "tasks": (3B,) int32}`, image-major (rows 3i, 3i+1, 3i+2 are image
+        i's Cap, ARef, GCap): the input of a `LocCaPreprocessor`.
+    """
+    images, boxes = np.asarray(images), np.asarray(boxes, np.float32).reshape(-1, 4)
+    captions, texts = np.asarray(captions), np.asarray(texts)
+    if not len(images) == len(captions) == len(texts) == len(boxes):
+        raise ValueError(
+            f"Got {len(images)} images, {len(captions)} captions, {len(texts)} texts and {len(boxes)} boxes."
+        )
+    return {
+        "images": np.repeat(images, 3, axis=0),
+        "texts": np.stack([captions, texts, texts], axis=1).reshape(-1),
+        "boxes": np.repeat(boxes, 3, axis=0),
+        "tasks": np.tile(np.array([CAP, AREF, GCAP], np.int32), len(images)),
+    }
+
+
 @keras.saving.register_keras_serializable(package="keras_siglip")
 class LocCaPreprocessor(CapPaPreprocessor):
     """Raw images, texts, boxes and tasks -> `LocCaCaptioner` inputs and targets.
@@ -154,13 +183,6 @@ class LocCaPreprocessor(CapPaPreprocessor):
             scored += [flag(condition), tf.zeros_like(constant(separator))]
         return tf.concat(pieces, axis=1), target, tf.concat(scored, axis=1)
 
-    def _tokenize(self, texts):
-        texts = tf.convert_to_tensor(texts)
-        ids = self.tokenizer(texts)
-        if not isinstance(ids, tf.RaggedTensor):
-            ids = tf.RaggedTensor.from_tensor(tf.convert_to_tensor(ids))
-        return tf.cast(ids, tf.int32)
-
     def _inputs(self, tasks, texts, boxes):
         texts = tf.reshape(tf.convert_to_tensor(texts), [-1])
         batch = tf.shape(texts)[0]
@@ -172,7 +194,7 @@ class LocCaPreprocessor(CapPaPreprocessor):
             for task_id, name in enumerate(TASKS):
                 tasks = tf.where(tf.equal(names, name), task_id, tasks)
         tasks = tf.broadcast_to(tf.reshape(tf.cast(tasks, tf.int32), [-1]), [batch])
-        return tasks, self._tokenize(texts), boxes
+        return tasks, self.tokenize_ragged(texts), boxes
 
     def build_sequences(self, tasks, texts, boxes=None):
         """The training sequences (TensorFlow; tf.data and eager).
@@ -241,7 +263,7 @@ class LocCaPreprocessor(CapPaPreprocessor):
         token_ids, loss_mask, tasks = self.build_sequences(x["tasks"], x["texts"], x.get("boxes"))
         outputs = {"token_ids": token_ids, "tasks": tasks}
         if "images" in x:
-            outputs["images"] = self.convert_images(x["images"])
+            outputs.update(self.model_images(x["images"]))
         if y is None:
             y = tf.where(loss_mask, token_ids, tf.zeros_like(token_ids))
         return keras.utils.pack_x_y_sample_weight(outputs, y, sample_weight)

@@ -80,14 +80,19 @@ class SigLIPPreprocessor(PresetMixin, Preprocessor):
             raise ValueError("This preprocessor has no image_converter; it cannot take images.")
         return self.image_converter(images)
 
+    def model_images(self, images):
+        """Images -> the model's image inputs: `{"images": ...}`, or the NaFlex
+        keys (`"patches"`, `"patch_mask"`, `"patch_coords"`) with a
+        `NaFlexImageConverter`."""
+        images = self.convert_images(images)
+        return images if isinstance(images, dict) else {"images": images}
+
     @preprocessing_function
     def call(self, x, y=None, sample_weight=None):
         x = split_inputs(x, "SigLIPPreprocessor")
         outputs = {}
         if "images" in x:
-            images = self.convert_images(x["images"])
-            # A NaFlexImageConverter gives the dict of NaFlex tensors.
-            outputs.update(images if isinstance(images, dict) else {"images": images})
+            outputs.update(self.model_images(x["images"]))
         if "texts" in x:
             outputs["token_ids"] = self.pack_texts(x["texts"])
         return keras.utils.pack_x_y_sample_weight(outputs, y, sample_weight)

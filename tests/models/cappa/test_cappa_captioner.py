@@ -319,3 +319,43 @@ def test_fit_and_evaluate_on_raw_images_and_texts(preprocessor):
     before = model.evaluate(data, batch_size=8, verbose=0, return_dict=True)["loss"]
     model.fit(data, batch_size=4, epochs=3, verbose=0)
     assert model.evaluate(data, batch_size=8, verbose=0, return_dict=True)["loss"] < before
+
+
+# === NaFlex encoder ===
+
+
+def test_naflex_captioner_matches_fixed_resolution_and_ignores_padding():
+    """The same weights on NaFlex inputs: an image already at its NaFlex size
+    gives the fixed-resolution logits, captions do not depend on how many
+    padding patches follow (the decoder never attends to them), and cached
+    generation equals recomputation."""
+    from keras_siglip.layers import NaFlexImageConverter
+
+    fixed = tiny_captioner(seed=2, eos_bias=0.0)
+    backbone = CapPaBackbone(**{**TINY, "input_format": "naflex"})
+    backbone.set_weights(fixed.backbone.get_weights())
+    naflex = CapPaCaptioner(backbone, masked_pred_prob=0.0)
+    x = images(3, seed=4)
+    tokens = np.random.default_rng(0).integers(2, VOCAB, (3, 6)).astype("int32")
+    converter = NaFlexImageConverter(patch_size=8, max_num_patches=16)
+    exact = {k: numpy(v) for k, v in converter(((x + 1) * 127.5).round().astype("uint8")).items()}  # no resize
+    # The same 16 real patches followed by 12 padding patches (garbage content).
+    junk = {"patches": np.random.default_rng(1).normal(size=(3, 12, 192)), "patch_coords": np.zeros((3, 12, 2)),
+            "patch_mask": np.zeros((3, 12))}
+    padded = {k: np.concatenate([v, junk[k].astype(v.dtype)], axis=1) for k, v in exact.items()}
+    reference = numpy(fixed.backbone({"images": exact["patches"].reshape(3, 4, 4, 8, 8, 3)
+                                      .transpose(0, 1, 3, 2, 4, 5).reshape(3, 32, 32, 3),
+                                      "token_ids": tokens}))
+    for inputs in (exact, padded):
+        logits = numpy(naflex.backbone({**inputs, "token_ids": tokens}))
+        np.testing.assert_allclose(logits, reference, rtol=1e-5, atol=1e-5)
+    generated = naflex.generate(padded, max_length=8)
+    np.testing.assert_array_equal(generated, naflex.generate(exact, max_length=8))
+    encoded = naflex.backbone.encode_images(padded)
+    mask = naflex.backbone.encoder_mask(padded)
+    targets = np.zeros((3, 0), "int32")
+    for t in range(8):
+        step = np.concatenate([targets, np.zeros((3, 1), "int32")], axis=1)
+        logits = numpy(naflex.decoder(step, encoded, encoder_mask=mask))[:, t]
+        targets = np.concatenate([targets, logits.argmax(-1)[:, None].astype("int32")], axis=1)
+    np.testing.assert_array_equal(generated, pad_after_eos(targets))
