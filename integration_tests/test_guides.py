@@ -17,8 +17,12 @@ GUIDES = sorted(pathlib.Path(__file__).parent.parent.joinpath("guides").glob("*.
 
 
 # Guide -> the one backend pass that runs it (measured: lit 39 / 31 / 120 s,
-# contrastive_finetune 68 / 78 / 163 s, image_classifier 50 / 45 / 23 s on jax / tf / torch).
-ONE_BACKEND = {"lit.py": "jax", "contrastive_finetune.py": "tensorflow", "image_classifier.py": "torch"}
+# contrastive_finetune 68 / 78 / 163 s, image_classifier 50 / 45 / 23 s on jax / tf / torch;
+# lit_decoder 88 s on jax).
+ONE_BACKEND = {
+    "lit.py": "jax", "contrastive_finetune.py": "tensorflow", "image_classifier.py": "torch",
+    "lit_decoder.py": "jax",
+}
 
 
 def pinned_backend(guide):

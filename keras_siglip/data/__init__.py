@@ -8,3 +8,5 @@ from keras_siglip.data.shapes import (BACKGROUND_RGB, BACKGROUNDS, COLOR_RGB,
                                       render, sample_attributes, with_article)
 from keras_siglip.data.packing import (FirstFitPacker, PackingStats, pack_dataset,
                                        token_drop_indices)
+from keras_siglip.data.tasks import (COUNT_WORDS, SHAPES_TASKS, mix_tasks,
+                                     shapes_task_arrays, shapes_task_datasets)

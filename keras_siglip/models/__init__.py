@@ -5,6 +5,7 @@ from keras_siglip.models.cappa import (
     LocCaCaptioner,
     LocCaPreprocessor,
 )
+from keras_siglip.models.lit_decoder import LiTDecoder, LiTDecoderBackbone, LiTDecoderPreprocessor
 from keras_siglip.models.siglip import (
     SigLIPBackbone,
     SigLIPImageClassifier,

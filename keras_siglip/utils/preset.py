@@ -111,6 +111,19 @@ def _fsync(path, directory=False):
         os.close(fd)
 
 
+def preset_loader(preset):
+    """`(resolved preset, keras-hub loader, backbone class)`; converts foreign
+    checkpoints (big_vision, Hugging Face, keras-hub) once, like every
+    `from_preset` here."""
+    from keras_hub.src.utils.preset_utils import get_preset_loader
+
+    from keras_siglip.convert import resolve_preset
+
+    preset = check_preset(resolve_preset(preset))
+    loader = get_preset_loader(preset)
+    return preset, loader, loader.check_backbone_class()
+
+
 class PresetMixin:
     """Adds name checking to `from_preset` and atomic `save_to_preset`."""
 

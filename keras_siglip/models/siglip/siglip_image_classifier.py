@@ -2,22 +2,11 @@
 
 import keras
 from keras_hub.models import ImageClassifier, ImageClassifierPreprocessor, Task
-from keras_hub.src.utils.preset_utils import get_preset_loader
 
 from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
 from keras_siglip.models.siglip.siglip_image_converter import SigLIPImageConverter
 from keras_siglip.models.siglip.siglip_vision_encoder import SigLIPVisionEncoder
-from keras_siglip.utils.preset import PresetMixin, check_preset
-
-
-def _load_preset(preset):
-    """`(resolved preset, loader, backbone class)`; converts foreign checkpoints
-    (big_vision, Hugging Face, keras-hub) once, like every `from_preset` here."""
-    from keras_siglip.convert import resolve_preset
-
-    preset = check_preset(resolve_preset(preset))
-    loader = get_preset_loader(preset)
-    return preset, loader, loader.check_backbone_class()
+from keras_siglip.utils.preset import PresetMixin, preset_loader
 
 
 def _check_backbone_class(preset, backbone_cls, wanted):
@@ -55,7 +44,7 @@ class SigLIPImageClassifierPreprocessor(PresetMixin, ImageClassifierPreprocessor
 
     @classmethod
     def from_preset(cls, preset, **kwargs):
-        preset, loader, backbone_cls = _load_preset(preset)
+        preset, loader, backbone_cls = preset_loader(preset)
         if isinstance(backbone_cls, type) and issubclass(backbone_cls, SigLIPBackbone):
             return cls(image_converter=loader.load_image_converter(cls.image_converter_cls), **kwargs)
         _check_backbone_class(preset, backbone_cls, SigLIPVisionEncoder)
@@ -178,7 +167,7 @@ class SigLIPImageClassifier(PresetMixin, ImageClassifier):
             **kwargs: constructor arguments (`num_classes`, `activation`,
                 `dropout`, `head_dtype`, `preprocessor`, `dtype`).
         """
-        preset, loader, backbone_cls = _load_preset(preset)
+        preset, loader, backbone_cls = preset_loader(preset)
         if isinstance(backbone_cls, type) and issubclass(backbone_cls, SigLIPBackbone):
             if "num_classes" not in kwargs:
                 raise ValueError(

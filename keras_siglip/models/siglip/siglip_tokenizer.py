@@ -63,6 +63,28 @@ class SigLIPTokenizer(PresetMixin, SentencePieceTokenizer):
         self._add_special_token(pad_token, "pad_token")
         super().__init__(proto=proto, **kwargs)
 
+    @classmethod
+    def from_texts(cls, texts, vocabulary_size, model_type="word", pad_token="<pad>", **kwargs):
+        """Train a SentencePiece vocabulary on `texts` (normalised first):
+        pad 0, `</s>` 1, `<unk>` 2, no BOS. `model_type` "word", "unigram" or
+        "bpe"; word models may come out smaller than `vocabulary_size` (the
+        distinct words plus the three specials). For small domains (the shapes
+        data, tests); real models load their published vocabulary."""
+        import io
+
+        import sentencepiece
+
+        texts = [normalize_text(str(t)) for t in texts]
+        if not texts:
+            raise ValueError("from_texts needs at least one text.")
+        model = io.BytesIO()
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, vocab_size=int(vocabulary_size),
+            model_type=model_type, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+            hard_vocab_limit=False, minloglevel=2,
+        )
+        return cls(model.getvalue(), pad_token=pad_token, **kwargs)
+
     def normalize(self, inputs):
         if self._use_tf_workflow():
             return normalize_text_tf(inputs, self.lowercase, self.canonicalize)

@@ -1,0 +1,3 @@
+from keras_siglip.models.lit_decoder.lit_decoder import LiTDecoder
+from keras_siglip.models.lit_decoder.lit_decoder_backbone import LiTDecoderBackbone
+from keras_siglip.models.lit_decoder.lit_decoder_preprocessor import LiTDecoderPreprocessor
