@@ -18,6 +18,7 @@ setup(
         "numpy>=1.26,<3",
         "sentencepiece==0.2.3",
         "safetensors==0.8.0",
+        "scipy==1.17.1",
         "pillow>=10",
         "matplotlib>=3.8",
     ],
