@@ -1,5 +1,5 @@
 """keras_siglip: Google's SigLIP family of vision-language encoders for Keras 3."""
 
-from keras_siglip import callbacks, data, distribution, layers, losses, metrics, models, optimizers, transfer
+from keras_siglip import analysis, callbacks, data, distribution, layers, losses, metrics, models, optimizers, transfer
 
 __version__ = "0.1.0"
