@@ -47,6 +47,8 @@ def cmd_presets(args):
         accuracy = meta.get("zero_shot_accuracy")
         extra = f", zero-shot {accuracy:.1%}" if accuracy is not None else ""
         print(f"  {name:34s} {meta['params']:>13,} params{extra}  {meta['description']}")
+    from keras_siglip.presets import recipe_presets
+
     print("Published checkpoints (architecture cards; weights at the sources shown):")
     for name, card in PUBLISHED_PRESETS.items():
         meta = card["metadata"]
@@ -54,6 +56,10 @@ def cmd_presets(args):
         if args.verbose:
             for where, source in card["sources"].items():
                 print(f"      {where:12s} {source}")
+    print("Recipes (architecture cards; no weights were published; load_weights=False):")
+    for name, card in recipe_presets().items():
+        meta = card["metadata"]
+        print(f"  {name:34s} {meta['params']:>13,} params  {meta['description']}")
 
 
 def cmd_zero_shot(args):

@@ -7,6 +7,7 @@ big_vision file. Shipped presets (trained here, a few MB) live in folders beside
 this file and load offline by name.
 """
 
+import functools
 import os
 
 from keras_siglip.layers.vit import decode_variant
@@ -154,6 +155,47 @@ def _published():
 
 
 PUBLISHED_PRESETS = _published()
+
+
+@functools.lru_cache(maxsize=None)
+def recipe_presets():
+    """Cards of papers' recipes whose weights were never published: name ->
+    {"metadata", "config", "sources"}; `CapPaBackbone.from_preset(name,
+    load_weights=False)` builds them with random weights."""
+    from keras_siglip.layers.vit import decode_variant
+
+    def cappa(variant, vocabulary, decoder):
+        encoder = decode_variant(variant)
+        return {**encoder, "image_size": 224, "vocabulary_size": vocabulary, "max_length": 64,
+                "masked_pred": True, "decoder_bias": False, **decoder}
+
+    cards = {
+        "cappa_base_patch16_224": (
+            "CapPa", "CapPa B/16 recipe (big_vision configs/proj/cappa/pretrain.py): B/16 encoder at "
+            "224px, 6-block decoder inheriting the encoder's width, heads and MLP, c4_en 32k vocabulary, "
+            "texts of 64, masked_pred_prob 0.75, no decoder biases",
+            cappa("B/16", 32_000, {"decoder_depth": 6}),
+            "big_vision configs/proj/cappa/pretrain.py (no released weights)",
+        ),
+        "locca_large_patch14_224": (
+            "LocCa", "LocCa L/14 as described by the paper's secondary sources (L/14 encoder, 12-block "
+            "Transformer-L decoder); vocabulary: c4_en 32k + 1024 location tokens (our choice: the paper "
+            "writes boxes as text); masked_pred_prob 0.5 on captions",
+            cappa("L/14", 32_000 + 1024, {"decoder_depth": 12}),
+            "LocCa, Wan et al. 2024 (no released weights or code)",
+        ),
+    }
+    from keras_siglip.models.cappa.cappa_backbone import cappa_parameter_count
+
+    return {
+        name: {
+            "metadata": {"family": family, "description": description,
+                         "params": cappa_parameter_count(config), "image_size": 224},
+            "config": config,
+            "sources": {"recipe": source},
+        }
+        for name, (family, description, config, source) in cards.items()
+    }
 
 # Presets trained and shipped with the package: name -> folder beside this file.
 SHIPPED_PRESETS = {

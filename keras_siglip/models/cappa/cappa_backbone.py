@@ -147,6 +147,23 @@ class CapPaBackbone(PresetMixin, Backbone):
         self.masked_pred = bool(masked_pred)
         self.decoder_bias = bool(decoder_bias)
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Load a preset folder, URI or name; recipe names (`keras-siglip
+        presets`: CapPa B/16, LocCa L/14) build their architecture with random
+        weights when `load_weights=False` (no weights were ever published)."""
+        from keras_siglip.presets import recipe_presets
+
+        if isinstance(preset, str) and preset in recipe_presets():
+            card = recipe_presets()[preset]
+            if load_weights:
+                raise ValueError(
+                    f"{preset!r} is a recipe card ({card['sources']['recipe']}): no weights exist to "
+                    "load. Pass `load_weights=False` to build the architecture with random weights."
+                )
+            return cls(**{**card["config"], **kwargs})
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
+
     def encode_images(self, images):
         """`(B, H, W, C)` images (or NaFlex inputs) -> `(B, N, width)` encoder
         tokens for the decoder; see `encoder_mask` for NaFlex padding."""

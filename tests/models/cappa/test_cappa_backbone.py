@@ -120,3 +120,20 @@ def test_preset_and_keras_file_round_trips_keep_outputs(rng, tmp_path):
     restored = keras.models.load_model(tmp_path / "model.keras")
     assert isinstance(restored, CapPaBackbone)
     np.testing.assert_array_equal(numpy(restored(x)), expected)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="a count, the same on every backend")
+def test_recipe_card_builds_the_cappa_b16_recipe():
+    from keras_siglip.presets import recipe_presets
+
+    card = recipe_presets()["cappa_base_patch16_224"]
+    backbone = CapPaBackbone.from_preset("cappa_base_patch16_224", load_weights=False)
+    # Hand count: B/16 encoder at 224 (no head) + 6 blocks of width 768 + embeddings
+    # (32k + [MASK]), 64 positions, final LayerNorm and the 32k logits layer.
+    encoder = (16 * 16 * 3 + 1) * 768 + 196 * 768 + 12 * (4 * (768 * 768 + 768) + 2 * 768 * 3072 + 3072 + 768 + 4 * 768) + 2 * 768
+    decoder = 32_001 * 768 + 64 * 768 + 6 * (8 * 768 * 768 + 2 * 768 * 3072 + 3 * 768) + 2 * 768 + 769 * 32_000
+    assert backbone.count_params() == card["metadata"]["params"] == encoder + decoder == 191_669_504
+    assert backbone.decoder.depth == 6 and backbone.decoder.masked_pred and not backbone.decoder_bias
+    with pytest.raises(ValueError, match="no weights exist"):
+        CapPaBackbone.from_preset("cappa_base_patch16_224")

@@ -271,3 +271,30 @@ def test_training_learns_to_ground(preprocessor):
     assert np.isfinite(history["loss"]).all() and history["loss"][-1] < 0.5 * history["loss"][0]
     assert after["invalid"] == 0.0
     assert after["mean_iou"] > max(before["mean_iou"], chance) + 0.1, (before, after, chance)
+
+
+def test_save_and_load_preset_keeps_tasks_and_locations(preprocessor, tmp_path):
+    model = tiny_locca(preprocessor, seed=4, randomize=True)
+    images, captions, texts, boxes = examples(3)
+    model.save_to_preset(tmp_path / "locca")
+    restored = LocCaCaptioner.from_preset(str(tmp_path / "locca"))
+    assert isinstance(restored.preprocessor, LocCaPreprocessor)
+    assert restored.loc_offset == model.loc_offset == preprocessor.loc_offset
+    assert restored.masked_pred_prob == 0.5
+    np.testing.assert_array_equal(restored.ground(images, texts)[0], model.ground(images, texts)[0])
+    assert restored.refer(images, boxes, max_length=4) == model.refer(images, boxes, max_length=4)
+
+
+def test_locca_examples_expand_each_image_into_three_tasks(preprocessor):
+    from keras_siglip.models.cappa import locca_examples
+
+    images, captions, texts, boxes = examples(2)
+    data = locca_examples(images, captions, texts, boxes)
+    np.testing.assert_array_equal(data["tasks"], [CAP, AREF, GCAP] * 2)
+    assert list(data["texts"]) == [captions[0], texts[0], texts[0], captions[1], texts[1], texts[1]]
+    np.testing.assert_array_equal(data["images"][3:], np.repeat(images[1:], 3, 0))
+    np.testing.assert_array_equal(data["boxes"][::3], boxes)
+    x, y = preprocessor(data)
+    assert numpy(x["token_ids"]).shape == (6, LENGTH)
+    with pytest.raises(ValueError, match="2 images, 1 captions"):
+        locca_examples(images, captions[:1], texts, boxes)
