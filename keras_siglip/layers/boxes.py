@@ -40,7 +40,7 @@ def _as_float(x):
     return x if keras.backend.is_float_dtype(x.dtype) else ops.cast(x, "float32")
 
 
-def boxes_to_ids(boxes, offset=0):
+def boxes_to_ids(boxes, offset=0, num_bins=NUM_LOC_TOKENS):
     """Quantises boxes to location token ids.
 
     Args:
@@ -49,31 +49,34 @@ def boxes_to_ids(boxes, offset=0):
             tensor of the current backend (then the result is a tensor).
         offset: id of `<loc0000>`; 0 gives the bins, `PALIGEMMA_LOC_OFFSET`
             PaliGemma's token ids.
+        num_bins: n, bins per coordinate (PaliGemma: 1024; a coarser grid
+            suits small images and small data, e.g. 64 bins at 48 px).
 
     Returns:
-        int32 `(..., 4)`, `offset + clip(round(v * 1023), 0, 1023)`.
+        int32 `(..., 4)`, `offset + clip(round(v * (n - 1)), 0, n - 1)`.
     """
     if _is_numpy(boxes):
         boxes = np.asarray(boxes, np.float32)
         if not np.isfinite(boxes).all():
             raise ValueError("boxes must be finite")
-        bins = np.clip(np.round(boxes * np.float32(NUM_LOC_TOKENS - 1)), 0, NUM_LOC_TOKENS - 1)
+        bins = np.clip(np.round(boxes * np.float32(num_bins - 1)), 0, num_bins - 1)
         return bins.astype(np.int32) + np.int32(offset)
     boxes = ops.cast(boxes, "float32")
-    bins = ops.clip(ops.round(boxes * (NUM_LOC_TOKENS - 1)), 0, NUM_LOC_TOKENS - 1)
+    bins = ops.clip(ops.round(boxes * (num_bins - 1)), 0, num_bins - 1)
     return ops.cast(bins, "int32") + offset
 
 
-def ids_to_boxes(ids, offset=0):
+def ids_to_boxes(ids, offset=0, num_bins=NUM_LOC_TOKENS):
     """Location token ids back to boxes, with a validity mask.
 
-    A box is valid when all four ids lie in `[offset, offset + 1023]` and
+    A box is valid when all four ids lie in `[offset, offset + n - 1]` and
     `y2 >= y1`, `x2 >= x1` (a zero-area box is valid here; big_vision's RefCOCO
     evaluator rejects it, which gives the same IoU of 0).
 
     Args:
         ids: int `(..., 4)`, numpy or a backend tensor.
         offset: id of `<loc0000>`.
+        num_bins: n, bins per coordinate (see `boxes_to_ids`).
 
     Returns:
         `(boxes, valid)`: float32 `(..., 4)` in [0, 1], all zeros where not
@@ -82,10 +85,10 @@ def ids_to_boxes(ids, offset=0):
     xp = np if _is_numpy(ids) else ops
     bins = xp.convert_to_tensor(ids) if xp is ops else np.asarray(ids)
     bins = bins - offset
-    in_range = xp.all((bins >= 0) & (bins < NUM_LOC_TOKENS), axis=-1)
+    in_range = xp.all((bins >= 0) & (bins < num_bins), axis=-1)
     ordered = (bins[..., 2] >= bins[..., 0]) & (bins[..., 3] >= bins[..., 1])
     valid = in_range & ordered
-    boxes = (bins.astype(np.float32) if xp is np else ops.cast(bins, "float32")) / (NUM_LOC_TOKENS - 1)
+    boxes = (bins.astype(np.float32) if xp is np else ops.cast(bins, "float32")) / (num_bins - 1)
     boxes = xp.where(valid[..., None], boxes, xp.zeros_like(boxes))
     return boxes, valid
 

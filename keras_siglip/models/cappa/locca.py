@@ -1,7 +1,7 @@
 """LocCaCaptioner: captioning, referring expressions and grounding on one model.
 
 A `CapPaCaptioner` whose decoder vocabulary is the text vocabulary followed by
-1024 `<locDDDD>` ids (`loc_offset` = text vocabulary size), trained on the
+n `<locDDDD>` ids (n = 1024 by default; `loc_offset` = text vocabulary size), trained on the
 three LocCa tasks serialised by `LocCaPreprocessor` (see there for the layout
 and the choices made). Generation starts from a per-example prompt whose
 cache is prefilled in one call (`decode_with_sampler`).
@@ -34,7 +34,7 @@ def text_only_processor(loc_offset):
 
 
 @functools.lru_cache(maxsize=None)
-def box_processor(loc_offset):
+def box_processor(loc_offset, num_bins=NUM_LOC_TOKENS):
     """Logits processor making generated tokens 0-3 a well-formed box.
 
     Token k in {0, 1} may be any loc id; token 2 (y2) a loc id `>=` token 0
@@ -49,7 +49,7 @@ def box_processor(loc_offset):
         ids = ops.arange(ops.shape(logits)[-1], dtype="int32")[None, :]
         two_back = ops.slice(sequence, (0, ops.maximum(index - 2, 0)), (rows, 1))
         lower = ops.where(ops.logical_or(step == 2, step == 3)[:, None], two_back, loc_offset)
-        loc = ops.logical_and(ids >= lower, ids < loc_offset + NUM_LOC_TOKENS)
+        loc = ops.logical_and(ids >= lower, ids < loc_offset + num_bins)
         allowed = ops.where((step < 4)[:, None], loc, ids == EOS_ID)
         allowed = ops.logical_or(allowed, (step < 0)[:, None])
         return ops.where(allowed, logits, _NEG)
@@ -63,13 +63,15 @@ class LocCaCaptioner(CapPaCaptioner):
     captioning (box -> text) with one `CapPaBackbone` (LocCa).
 
     Args:
-        backbone: a `CapPaBackbone` with `vocabulary_size = text_vocab + 1024`.
+        backbone: a `CapPaBackbone` with `vocabulary_size = text_vocab + n` (n loc ids).
         preprocessor: a `LocCaPreprocessor` (needed for the text helpers).
         masked_pred_prob: probability that a *caption* example is trained
             with parallel prediction (LocCa / SigLIP 2: 0.5); ARef and GCap
             examples are always autoregressive.
         seed: seed of the parallel-prediction draws.
-        loc_offset: id of `<loc0000>` (default `vocabulary_size - 1024`).
+        loc_offset: id of `<loc0000>` (default `vocabulary_size - n`).
+        num_loc_tokens: n, bins per box coordinate (default the
+            preprocessor's, else 1024).
 
     Model inputs: `{"images": (B, H, W, C), "token_ids": (B, L), "tasks": (B,)
     int32}`; output `(B, L, V)` logits, position t predicting `token_ids[:, t]`.
@@ -80,17 +82,25 @@ class LocCaCaptioner(CapPaCaptioner):
 
     preprocessor_cls = LocCaPreprocessor
 
-    def __init__(self, backbone, preprocessor=None, masked_pred_prob=0.5, seed=None, loc_offset=None, **kwargs):
+    def __init__(
+        self, backbone, preprocessor=None, masked_pred_prob=0.5, seed=None, loc_offset=None,
+        num_loc_tokens=None, **kwargs,
+    ):
         vocabulary = backbone.vocabulary_size
-        loc_offset = vocabulary - NUM_LOC_TOKENS if loc_offset is None else int(loc_offset)
-        if loc_offset < 2 or loc_offset + NUM_LOC_TOKENS > vocabulary:
+        if num_loc_tokens is None:
+            num_loc_tokens = getattr(preprocessor, "num_loc_tokens", NUM_LOC_TOKENS)
+        num_loc_tokens = int(num_loc_tokens)
+        loc_offset = vocabulary - num_loc_tokens if loc_offset is None else int(loc_offset)
+        if loc_offset < 2 or loc_offset + num_loc_tokens > vocabulary:
             raise ValueError(
-                f"loc_offset={loc_offset} and 1024 location ids do not fit a vocabulary of {vocabulary} "
-                "(a LocCa backbone needs vocabulary_size = text vocabulary + 1024)."
+                f"loc_offset={loc_offset} and {num_loc_tokens} location ids do not fit a vocabulary of "
+                f"{vocabulary} (a LocCa backbone needs vocabulary_size = text vocabulary + {num_loc_tokens})."
             )
-        if preprocessor is not None and getattr(preprocessor, "loc_offset", loc_offset) != loc_offset:
-            raise ValueError(f"The preprocessor's loc_offset {preprocessor.loc_offset} != {loc_offset}.")
+        for name, value in (("loc_offset", loc_offset), ("num_loc_tokens", num_loc_tokens)):
+            if preprocessor is not None and getattr(preprocessor, name, value) != value:
+                raise ValueError(f"The preprocessor's {name} {getattr(preprocessor, name)} != {value}.")
         self.loc_offset = loc_offset
+        self.num_loc_tokens = num_loc_tokens
         super().__init__(backbone, preprocessor, masked_pred_prob, seed, **kwargs)
 
     def _functional_graph(self, backbone):
@@ -172,12 +182,12 @@ class LocCaCaptioner(CapPaCaptioner):
         preprocessor = self._needs_text()
         texts = [texts] if isinstance(texts, str) else list(texts)
         prompt = preprocessor.prompt_ids("aref", texts=texts)
-        processor = box_processor(self.loc_offset) if constrained else None
+        processor = box_processor(self.loc_offset, self.num_loc_tokens) if constrained else None
         ids = self.generate(
             images, max_length=4, prompt_ids=prompt, logits_processor=processor,
             detokenize=False, **generate_kwargs,
         )
-        boxes, valid = ids_to_boxes(np.asarray(ids), offset=self.loc_offset)
+        boxes, valid = ids_to_boxes(np.asarray(ids), offset=self.loc_offset, num_bins=self.num_loc_tokens)
         return boxes.astype(np.float32), valid
 
     def evaluate_grounding(self, images, texts, boxes, constrained=True, threshold=0.5):
@@ -190,5 +200,5 @@ class LocCaCaptioner(CapPaCaptioner):
 
     def get_config(self):
         config = super().get_config()
-        config.update(loc_offset=self.loc_offset)
+        config.update(loc_offset=self.loc_offset, num_loc_tokens=self.num_loc_tokens)
         return config

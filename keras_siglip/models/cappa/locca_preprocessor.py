@@ -9,16 +9,19 @@ SigLIP 2's use of it):
                                  prefix `GCap: {box} :`    target `{text}`
 Every sequence ends with EOS (id 1) and is right-padded with 0 to
 `sequence_length`. A box is four location tokens `[y1, x1, y2, x2]`
-(`keras_siglip.layers.boxes`: 1024 bins, `round(v * 1023)`, y before x), whose
-ids follow the text vocabulary: `<locDDDD>` is id `loc_offset + DDDD`, with
-`loc_offset` = the tokenizer's vocabulary size by default, so a LocCa decoder
-has `vocabulary_size = text_vocab + 1024`.
+(`keras_siglip.layers.boxes`: n = 1024 bins by default, `round(v * (n - 1))`,
+y before x), whose ids follow the text vocabulary: `<locDDDD>` is id
+`loc_offset + DDDD`, with `loc_offset` = the tokenizer's vocabulary size by
+default, so a LocCa decoder has `vocabulary_size = text_vocab + n`.
 
 Choices where the paper leaves details open (UNCONFIRMED there):
 - Boxes are dedicated location tokens, not integer strings: the paper reports
   the two perform alike, and loc tokens give every box the same length (4) and
   a direct decoding (`ids_to_boxes`) with no number parsing.
-- Coordinates are PaliGemma's: y before x, 1024 bins.
+- Coordinates are PaliGemma's: y before x, 1024 bins by default. The number
+  of bins is an option (`num_loc_tokens`): the paper's secondary sources
+  mention integers up to 500, and small images with little data learn a
+  coarser grid much faster (each bin is its own output class).
 - Loss: by default only on the target (+ EOS); the prefix (task prompt,
   condition, separator) is teacher-forced and not scored, so each example
   trains exactly the direction its task names. LocCa scores everything after
@@ -93,6 +96,8 @@ class LocCaPreprocessor(CapPaPreprocessor):
         separator: text between the condition and the target (`":"`).
         score_condition: also score the condition (ARef's text, GCap's box),
             as LocCa does; default False (target only, see module docstring).
+        num_loc_tokens: n, bins per box coordinate (location ids
+            `[loc_offset, loc_offset + n)`); default 1024 (PaliGemma's).
 
     Call args:
         x: dict with `"texts"` `(B,)` strings (caption for Cap, the region's
@@ -118,6 +123,7 @@ class LocCaPreprocessor(CapPaPreprocessor):
         task_prompts=None,
         separator=":",
         score_condition=False,
+        num_loc_tokens=NUM_LOC_TOKENS,
         **kwargs,
     ):
         super().__init__(tokenizer, image_converter, sequence_length, **kwargs)
@@ -127,12 +133,15 @@ class LocCaPreprocessor(CapPaPreprocessor):
         self.task_prompts = {**DEFAULT_PROMPTS, **(task_prompts or {})}
         self.separator = separator
         self.score_condition = bool(score_condition)
+        if int(num_loc_tokens) < 2:
+            raise ValueError(f"num_loc_tokens must be >= 2; got {num_loc_tokens}.")
+        self.num_loc_tokens = int(num_loc_tokens)
         self._constant_cache = {}
 
     @property
     def vocabulary_size(self):
-        """Decoder vocabulary a model for these sequences needs: text + 1024 loc ids."""
-        return self.loc_offset + NUM_LOC_TOKENS
+        """Decoder vocabulary a model for these sequences needs: text + loc ids."""
+        return self.loc_offset + self.num_loc_tokens
 
     # === Pieces ===
 
@@ -151,7 +160,8 @@ class LocCaPreprocessor(CapPaPreprocessor):
         (`boxes_to_ids` numerics: float32, round half to even, clip)."""
         boxes = tf.cast(boxes, tf.float32)
         boxes = tf.where(tf.math.is_finite(boxes), boxes, tf.zeros_like(boxes))
-        bins = tf.clip_by_value(tf.round(boxes * float(NUM_LOC_TOKENS - 1)), 0.0, NUM_LOC_TOKENS - 1.0)
+        n = self.num_loc_tokens
+        bins = tf.clip_by_value(tf.round(boxes * float(n - 1)), 0.0, n - 1.0)
         return tf.cast(bins, tf.int32) + self.loc_offset
 
     def _layout(self, task, texts, boxes):
@@ -281,5 +291,6 @@ class LocCaPreprocessor(CapPaPreprocessor):
             task_prompts=self.task_prompts,
             separator=self.separator,
             score_condition=self.score_condition,
+            num_loc_tokens=self.num_loc_tokens,
         )
         return config

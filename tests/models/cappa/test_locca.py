@@ -298,3 +298,24 @@ def test_locca_examples_expand_each_image_into_three_tasks(preprocessor):
     assert numpy(x["token_ids"]).shape == (6, LENGTH)
     with pytest.raises(ValueError, match="2 images, 1 captions"):
         locca_examples(images, captions[:1], texts, boxes)
+
+
+def test_coarser_location_grid(tokenizer):
+    coarse = LocCaPreprocessor(tokenizer, SigLIPImageConverter(image_size=(32, 32)), sequence_length=LENGTH,
+                               num_loc_tokens=64)
+    offset = tokenizer.vocabulary_size()
+    assert coarse.vocabulary_size == offset + 64
+    _, _, texts, boxes = examples(4)
+    x, _ = coarse({"texts": texts, "boxes": boxes, "tasks": "gcap"})
+    ids = numpy(x["token_ids"])[:, 1:5]
+    np.testing.assert_array_equal(ids, np.round(boxes * 63).astype(int) + offset)
+    decoded, valid = ids_to_boxes(ids, offset=offset, num_bins=64)
+    assert valid.all() and np.abs(decoded - boxes).max() <= 0.5 / 63 + 1e-6
+    backbone = CapPaBackbone(vocabulary_size=coarse.vocabulary_size, patch_size=8, width=16, depth=1,
+                             num_heads=2, mlp_dim=32, image_size=32, max_length=LENGTH, decoder_depth=1)
+    model = LocCaCaptioner(backbone, coarse)
+    assert model.num_loc_tokens == 64 and model.loc_offset == offset
+    predicted, valid = model.ground(examples(2)[0], texts[:2])
+    assert valid.all() and np.all(predicted <= 1.0)
+    with pytest.raises(ValueError, match="num_loc_tokens"):
+        LocCaCaptioner(backbone, coarse, num_loc_tokens=32, loc_offset=offset)
