@@ -188,6 +188,7 @@ class CapPaCaptioner(PresetMixin, Task):
         detokenize=True,
         prompt_ids=None,
         logits_processor=None,
+        length_penalty=0.0,
     ):
         """Caption images with the KV-cached autoregressive decoder.
 
@@ -201,7 +202,8 @@ class CapPaCaptioner(PresetMixin, Task):
             max_length: generated tokens L (default: the preprocessor's
                 `sequence_length`, else the decoder's `max_length`).
             strategy: "greedy", "beam" (best of `num_beams` by total
-                log-probability) or "sampling" (from the softmax at
+                log-probability, or length-normalised: `length_penalty`)
+                or "sampling" (from the softmax at
                 `temperature`, restricted to the `top_k` most likely if set).
             seed: sampling seed (same seed, same captions); None draws anew.
             detokenize: return strings when the preprocessor has a tokenizer.
@@ -214,6 +216,9 @@ class CapPaCaptioner(PresetMixin, Task):
                 rewriting each step's logits (constrained decoding; see
                 `decode_with_sampler`). Compiled functions are cached per
                 processor object, so reuse one object.
+            length_penalty: beam search: rank beams by log-probability over
+                `((5 + length) / 6) ** length_penalty` (GNMT); 0 (default)
+                ranks by total log-probability.
 
         Returns:
             A list of B captions, or `(B, L)` int token ids ending in EOS
@@ -226,7 +231,7 @@ class CapPaCaptioner(PresetMixin, Task):
             if max_length is None:
                 length -= prompt[0].shape[1]
         key = ("generate", strategy, num_beams if strategy == "beam" else None,
-               float(temperature), top_k, length, bool(prompt), logits_processor)
+               float(temperature), top_k, length, bool(prompt), logits_processor, float(length_penalty))
 
         def build():
             sampler = make_sampler(strategy, num_beams, temperature, top_k)
@@ -236,7 +241,7 @@ class CapPaCaptioner(PresetMixin, Task):
                 return decode_with_sampler(
                     self.decoder, encoded, sampler, length, model=self,
                     prompt_ids=prompt[0] if prompt else None, logits_processor=logits_processor,
-                    encoder_mask=mask,
+                    encoder_mask=mask, length_penalty=length_penalty,
                 )[0]
 
             return sampler, compile_stateless(self, step, sampler.variables)

@@ -40,7 +40,7 @@ def make_sampler(strategy, num_beams=4, temperature=1.0, top_k=None, seed=None):
 
 def decode_with_sampler(
     decoder, encoded, sampler, max_length, model=None, prompt_ids=None, logits_processor=None,
-    encoder_mask=None,
+    encoder_mask=None, length_penalty=0.0,
 ):
     """Generate captions for encoder tokens, optionally after a prompt per example.
 
@@ -66,6 +66,11 @@ def decode_with_sampler(
             number of tokens the row has generated before it (negative while
             the row is still inside its prompt).
         encoder_mask: optional `(B, N)` bool, the real encoder tokens (NaFlex).
+        length_penalty: beam search only: rank the finished beams by
+            `log_prob / ((5 + length) / 6) ** length_penalty` (GNMT's length
+            normalisation; `length` counts the generated tokens, EOS
+            included); 0 ranks by total log-probability, which favours short
+            captions.
 
     Returns:
         `(token_ids, log_probs)`: `(B, L)` int32 targets generated after each
@@ -132,10 +137,20 @@ def decode_with_sampler(
         next, prompt, cache=cache, index=index, mask=mask, stop_token_ids=(EOS_ID,), model=model
     )
     log_probs = None
-    if beams is not None:
-        outputs, log_probs = outputs[0][:, 0], outputs[1][:, 0]
     columns = lengths[:, None] + 1 + ops.arange(max_length, dtype="int32")[None, :]
-    return ops.take_along_axis(outputs, columns, axis=1), log_probs
+    if beams is None:
+        return ops.take_along_axis(outputs, columns, axis=1), log_probs
+    # All beams, best first by total log-probability: (B, K, P + L + 1), (B, K).
+    all_outputs, all_log_probs = outputs
+    generated = ops.take_along_axis(all_outputs, ops.repeat(columns[:, None, :], beams, axis=1), axis=2)
+    best = ops.zeros((batch,), dtype="int32")
+    if length_penalty:
+        length = ops.sum(ops.cast(ops.not_equal(generated, PAD_ID), "float32"), axis=-1)
+        normalised = all_log_probs / ops.power((5.0 + length) / 6.0, float(length_penalty))
+        best = ops.cast(ops.argmax(normalised, axis=1), "int32")
+    pick = best[:, None, None]
+    token_ids = ops.take_along_axis(generated, ops.repeat(pick, max_length, axis=2), axis=1)[:, 0]
+    return token_ids, ops.take_along_axis(all_log_probs, best[:, None], axis=1)[:, 0]
 
 
 def compile_stateless(model, fn, extra_variables=()):

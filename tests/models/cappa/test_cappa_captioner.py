@@ -359,3 +359,20 @@ def test_naflex_captioner_matches_fixed_resolution_and_ignores_padding():
         logits = numpy(naflex.decoder(step, encoded, encoder_mask=mask))[:, t]
         targets = np.concatenate([targets, logits.argmax(-1)[:, None].astype("int32")], axis=1)
     np.testing.assert_array_equal(generated, pad_after_eos(targets))
+
+
+def test_beam_length_normalisation(decoder_model):
+    """GNMT length normalisation re-ranks the finished beams: the chosen
+    caption has the best normalised score, which plain ranking may miss."""
+    x = images(6)
+    plain = decoder_model.generate(x, strategy="beam", num_beams=4)
+    normalised = decoder_model.generate(x, strategy="beam", num_beams=4, length_penalty=2.0)
+    np.testing.assert_array_equal(decoder_model.generate(x, strategy="beam", num_beams=4, length_penalty=0.0), plain)
+
+    def gnmt(ids):
+        lengths = (ids != 0).sum(1)
+        return decoder_model.score(x, token_ids=ids) / ((5.0 + lengths) / 6.0) ** 2.0
+
+    assert np.all(gnmt(normalised) >= gnmt(plain) - 1e-4)
+    assert np.all(decoder_model.score(x, token_ids=plain) >= decoder_model.score(x, token_ids=normalised) - 1e-4)
+    assert (normalised != 0).sum() > (plain != 0).sum()  # longer captions win here
