@@ -103,6 +103,9 @@ class DecoderBlock(keras.layers.Layer):
         mlp_dim: MLP hidden width.
         use_bias: biases in the three LayerNorms and the MLP (never in attention).
         encoder_width: width of the encoder tokens (None: the decoder width).
+        dropout: rate on each sublayer's output and on the attention
+            probabilities, in training only (big_vision `dec_dropout_rate`;
+            0 in the CapPa recipe).
 
     Call args:
         x: `(B, T, E)` decoder tokens.
@@ -122,12 +125,14 @@ class DecoderBlock(keras.layers.Layer):
         `(B, T, E)`, and the updated self-attention cache when one is given.
     """
 
-    def __init__(self, num_heads, mlp_dim, use_bias=True, encoder_width=None, **kwargs):
+    def __init__(self, num_heads, mlp_dim, use_bias=True, encoder_width=None, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
         self.use_bias = use_bias
         self.encoder_width = encoder_width
+        self.dropout = float(dropout)
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         width = input_shape[-1]
@@ -145,7 +150,9 @@ class DecoderBlock(keras.layers.Layer):
             return layer
 
         def attention(name):
-            return CachedAttention(self.num_heads, width // self.num_heads, name=name, dtype=dtype)
+            return CachedAttention(
+                self.num_heads, width // self.num_heads, dropout=self.dropout, name=name, dtype=dtype
+            )
 
         self.norm_1 = norm("layer_norm_1")
         self.self_attention = attention("self_attention")
@@ -170,31 +177,34 @@ class DecoderBlock(keras.layers.Layer):
         cache_update_index=None,
         cross_attention_cache=None,
         encoder_mask=None,
+        training=None,
     ):
         y = self.norm_1(x)
         y = self.self_attention(
             y, y, attention_mask=attention_mask,
-            cache=self_attention_cache, cache_update_index=cache_update_index,
+            cache=self_attention_cache, cache_update_index=cache_update_index, training=training,
         )
         if self_attention_cache is not None:
             y, self_attention_cache = y
-        x = x + y
+        x = x + self.dropout_layer(y, training=training)
         y = self.norm_2(x)
         cross_mask = None if encoder_mask is None else ops.cast(encoder_mask, "bool")[:, None, :]
         if cross_attention_cache is None:
-            y = self.cross_attention(y, encoded, attention_mask=cross_mask)
+            y = self.cross_attention(y, encoded, attention_mask=cross_mask, training=training)
         else:
             # keras-hub's static-cache mode: keys and values come from the cache.
-            y, _ = self.cross_attention(y, y, attention_mask=cross_mask, cache=cross_attention_cache)
-        x = x + y
-        x = x + self.mlp(self.norm_3(x))
+            y, _ = self.cross_attention(
+                y, y, attention_mask=cross_mask, cache=cross_attention_cache, training=training
+            )
+        x = x + self.dropout_layer(y, training=training)
+        x = x + self.dropout_layer(self.mlp(self.norm_3(x)), training=training)
         return x if self_attention_cache is None else (x, self_attention_cache)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-            use_bias=self.use_bias, encoder_width=self.encoder_width,
+            use_bias=self.use_bias, encoder_width=self.encoder_width, dropout=self.dropout,
         )
         return config
 
@@ -211,6 +221,7 @@ class TextDecoder(keras.layers.Layer):
         use_bias: biases in the blocks' LayerNorms and MLPs (big_vision
             `decoder_bias`; the final LayerNorm and the logits always have one).
         encoder_width: width of the encoder tokens (None: `width`).
+        dropout: the blocks' dropout rate (see `DecoderBlock`; training only).
 
     Call args:
         token_ids: `(B, L)` target ids, `L <= max_length`.
@@ -236,9 +247,11 @@ class TextDecoder(keras.layers.Layer):
         masked_pred=False,
         use_bias=True,
         encoder_width=None,
+        dropout=0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.dropout = float(dropout)
         self.vocabulary_size = vocabulary_size
         self.width = width
         self.depth = depth
@@ -259,7 +272,7 @@ class TextDecoder(keras.layers.Layer):
         self.blocks = [
             DecoderBlock(
                 num_heads, mlp_dim, use_bias=use_bias, encoder_width=encoder_width,
-                name=f"block_{i}", dtype=dtype,
+                dropout=dropout, name=f"block_{i}", dtype=dtype,
             )
             for i in range(depth)
         ]
@@ -430,5 +443,6 @@ class TextDecoder(keras.layers.Layer):
             masked_pred=self.masked_pred,
             use_bias=self.use_bias,
             encoder_width=self.encoder_width,
+            dropout=self.dropout,
         )
         return config

@@ -330,3 +330,27 @@ def test_config_round_trip(rng):
     targets = rng.integers(1, VOCAB, (2, 5)).astype("int32")
     encoded = rng.normal(size=(2, ENC_TOKENS, ENC_WIDTH)).astype("float32")
     np.testing.assert_array_equal(numpy(clone(targets, encoded)), numpy(decoder(targets, encoded)))
+
+
+def test_dropout_acts_in_training_only():
+    keras.utils.set_random_seed(0)
+    kwargs = dict(vocabulary_size=30, width=32, depth=2, num_heads=4, mlp_dim=64, max_length=8)
+    plain, dropped = TextDecoder(**kwargs), TextDecoder(**kwargs, dropout=0.3)
+    rng = np.random.default_rng(0)
+    token_ids = rng.integers(2, 30, (3, 8)).astype("int32")
+    encoded = rng.normal(size=(3, 5, 32)).astype("float32")
+    plain(token_ids, encoded)
+    dropped(token_ids, encoded)
+    dropped.set_weights(plain.get_weights())
+    for w in dropped.logits_dense.weights:  # non-zero logits, so dropout shows
+        w.assign(rng.normal(size=tuple(w.shape)).astype("float32"))
+    plain.set_weights(dropped.get_weights())
+    inference = np.asarray(ops.convert_to_numpy(dropped(token_ids, encoded)))
+    # Same math; the attention core with dropout takes Keras' own path (float32 reordering).
+    np.testing.assert_allclose(inference, ops.convert_to_numpy(plain(token_ids, encoded)), rtol=1e-5, atol=1e-5)
+    first = np.asarray(ops.convert_to_numpy(dropped(token_ids, encoded, training=True)))
+    second = np.asarray(ops.convert_to_numpy(dropped(token_ids, encoded, training=True)))
+    assert not np.allclose(first, inference, atol=1e-3) and not np.allclose(first, second, atol=1e-3)
+    np.testing.assert_allclose(ops.convert_to_numpy(plain(token_ids, encoded, training=True)), inference,
+                               rtol=1e-5, atol=1e-5)
+    assert TextDecoder.from_config(dropped.get_config()).dropout == 0.3

@@ -60,6 +60,8 @@ class CapPaBackbone(PresetMixin, Backbone):
             (CapPa; False for the plain Cap baseline).
         decoder_bias: biases in the decoder blocks' LayerNorms and MLPs
             (False in the CapPa recipe).
+        decoder_dropout: dropout in the decoder blocks, training only
+            (big_vision `dec_dropout_rate`; 0 in the recipe).
         num_channels: image channels C.
         remat: rematerialise the encoder blocks in the backward pass.
         input_format: `"images"` (fixed resolution, any size) or `"naflex"`
@@ -93,6 +95,7 @@ class CapPaBackbone(PresetMixin, Backbone):
         num_channels=3,
         remat=False,
         input_format="images",
+        decoder_dropout=0.0,
         dtype=None,
         **kwargs,
     ):
@@ -120,6 +123,7 @@ class CapPaBackbone(PresetMixin, Backbone):
             masked_pred=masked_pred,
             use_bias=decoder_bias,
             encoder_width=width,
+            dropout=decoder_dropout,
             name="decoder",
             dtype=dtype,
         )
@@ -146,6 +150,7 @@ class CapPaBackbone(PresetMixin, Backbone):
         )
         self.masked_pred = bool(masked_pred)
         self.decoder_bias = bool(decoder_bias)
+        self.decoder_dropout = float(decoder_dropout)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
@@ -184,6 +189,7 @@ class CapPaBackbone(PresetMixin, Backbone):
             max_length=self.max_length,
             masked_pred=self.masked_pred,
             decoder_bias=self.decoder_bias,
+            decoder_dropout=self.decoder_dropout,
             input_format=self.input_format,
             **self.decoder_sizes,
         )

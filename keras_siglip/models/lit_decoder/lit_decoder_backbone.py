@@ -25,6 +25,7 @@ class LiTDecoderBackbone(PresetMixin, Backbone):
             decoder sizes (LiT-decoder: small, e.g. 2-6 blocks).
         max_length: the decoder position table's length (prompt + answer).
         decoder_bias: biases in the decoder blocks' LayerNorms and MLPs.
+        decoder_dropout: dropout in the decoder blocks, training only.
         freeze_encoder: keep the encoder's weights fixed (the LiT-decoder
             setting); False fine-tunes it with the decoder.
 
@@ -44,6 +45,7 @@ class LiTDecoderBackbone(PresetMixin, Backbone):
         max_length=64,
         decoder_bias=True,
         freeze_encoder=True,
+        decoder_dropout=0.0,
         dtype=None,
         **kwargs,
     ):
@@ -62,6 +64,7 @@ class LiTDecoderBackbone(PresetMixin, Backbone):
             max_length=max_length,
             use_bias=decoder_bias,
             encoder_width=self.vit.width,
+            dropout=decoder_dropout,
             name="decoder",
             dtype=dtype,
         )
@@ -82,6 +85,7 @@ class LiTDecoderBackbone(PresetMixin, Backbone):
             decoder_mlp_dim=decoder_mlp_dim,
         )
         self.decoder_bias = bool(decoder_bias)
+        self.decoder_dropout = float(decoder_dropout)
         self.freeze_encoder = bool(freeze_encoder)
 
     @property
@@ -108,6 +112,7 @@ class LiTDecoderBackbone(PresetMixin, Backbone):
             vocabulary_size=self.vocabulary_size,
             max_length=self.max_length,
             decoder_bias=self.decoder_bias,
+            decoder_dropout=self.decoder_dropout,
             freeze_encoder=self.freeze_encoder,
             **self.decoder_sizes,
         )
