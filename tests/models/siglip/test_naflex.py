@@ -280,7 +280,7 @@ def test_compiles_once_for_a_fixed_sequence_length(monkeypatch):
     vision = SigLIPVisionEncoder(4, 32, 1, 2, 48, image_size=16, input_format="naflex")
     traces = []
     call = VisionTransformer._call_patches
-    monkeypatch.setattr(VisionTransformer, "_call_patches", lambda self, x: traces.append(1) or call(self, x))
+    monkeypatch.setattr(VisionTransformer, "_call_patches", lambda self, x, *args: traces.append(1) or call(self, x, *args))
     vision.compile(jit_compile=True)
     for seed, grids in enumerate([[(4, 4), (2, 7)], [(1, 20), (20, 1)], [(3, 3), (5, 4)]]):
         out = vision.predict_on_batch(naflex_batch(grids, 20, 48, seed=seed))
@@ -343,7 +343,7 @@ def test_packed_training_from_raw_images_without_retracing(monkeypatch):
     backbone = SigLIPBackbone(vision, SigLIPTextEncoder(60, 32, 1, 2, 48, sequence_length=6))
     traces = []
     call = VisionTransformer._call_patches
-    monkeypatch.setattr(VisionTransformer, "_call_patches", lambda self, x: traces.append(1) or call(self, x))
+    monkeypatch.setattr(VisionTransformer, "_call_patches", lambda self, x, *args: traces.append(1) or call(self, x, *args))
     backbone.compile(optimizer=keras.optimizers.Adam(1e-3))
     history = backbone.fit(batches, epochs=2, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
