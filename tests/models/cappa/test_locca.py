@@ -199,10 +199,15 @@ def reference_greedy(model, images, prompts, length, processor=None):
         sequence = list(prompts[b][prompts[b] != 0])
         start = len(sequence)
         for _ in range(length):
-            logits = numpy(model.decoder(np.array([sequence + [0]], "int32"), encoded[b : b + 1]))[0, -1]
+            # Fixed shapes (the causal mask hides the zeros after the prefix), so
+            # JAX compiles each op once, not once per prefix length.
+            buffer = np.zeros((1, LENGTH), "int32")
+            buffer[0, : len(sequence)] = sequence
+            logits = numpy(model.decoder(buffer, encoded[b : b + 1]))[0, len(sequence)]
             if processor is not None:
                 index, step = len(sequence) + 1, len(sequence) - start
-                padded = np.array([[0] + sequence + [0]], "int32")
+                padded = np.zeros((1, LENGTH + 1), "int32")
+                padded[0, 1 : len(sequence) + 1] = sequence
                 logits = numpy(processor(ops.convert_to_tensor(logits[None]), ops.convert_to_tensor(padded),
                                          index, ops.convert_to_tensor(np.array([step], "int32"))))[0]
             sequence.append(int(logits.argmax()))
