@@ -22,6 +22,7 @@ from keras_siglip.convert.big_vision import read_big_vision, write_big_vision
 from keras_siglip.convert.common import Checkpoint, CheckpointMismatch, build_backbone, load_into
 from keras_siglip.convert.huggingface import read_huggingface, write_huggingface
 from keras_siglip.convert.keras_hub import assign_weights, keras_hub_weights, read_keras_hub
+from keras_siglip.convert.pali_gemma import load_pali_gemma, read_pali_gemma
 
 FORMATS = ("big_vision", "huggingface", "keras_hub", "keras_siglip")
 

@@ -21,3 +21,11 @@ from keras_siglip.layers.boxes import (
     grounding_metrics,
     ids_to_boxes,
 )
+from keras_siglip.layers.gemma import (
+    GemmaAttention,
+    GemmaDecoder,
+    GemmaDecoderBlock,
+    RMSNormalization,
+    make_attention_mask,
+    prefix_lm_mask,
+)

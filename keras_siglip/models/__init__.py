@@ -6,6 +6,7 @@ from keras_siglip.models.cappa import (
     LocCaPreprocessor,
 )
 from keras_siglip.models.lit_decoder import LiTDecoder, LiTDecoderBackbone, LiTDecoderPreprocessor
+from keras_siglip.models.pali_gemma import PaliGemmaBackbone, pali_gemma_parameter_count
 from keras_siglip.models.siglip import (
     SigLIPBackbone,
     SigLIPImageClassifier,

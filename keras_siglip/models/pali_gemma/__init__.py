@@ -1,0 +1,1 @@
+from keras_siglip.models.pali_gemma.pali_gemma_backbone import PaliGemmaBackbone, pali_gemma_parameter_count

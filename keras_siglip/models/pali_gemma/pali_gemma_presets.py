@@ -1,0 +1,81 @@
+"""Preset cards of the published PaliGemma 1 and PaliGemma 2 pretrained checkpoints.
+
+Architecture only (like `keras_siglip.presets.PUBLISHED_PRESETS`): the
+`PaliGemmaBackbone` config, the parameter count computed from it, and where the
+weights live (Hugging Face, keras-hub on Kaggle, big_vision vanity names).
+
+Choices where the references differ:
+- Sliding window: HF's Gemma 2 configs put a 4096-token window on the even
+  layers; big_vision (which trained PaliGemma 2) attends globally in every layer.
+  The cards follow big_vision (`sliding_window=None`); it matters only at 896 px
+  for suffix tokens more than 4096 positions after a key.
+- Final logit soft cap: 30 for PaliGemma 2, as HF's configs and big_vision's model
+  default; big_vision's transfer configs set it to 0 ("better for transfer"):
+  pass `final_logit_soft_cap=None` when fine-tuning that way.
+"""
+
+VOCABULARY_SIZE = 257_152  # Gemma 256,000 + 1024 <locNNNN> + 128 <segNNN>
+TOKENIZER = "Gemma SentencePiece + 1024 <locNNNN> + 128 <segNNN> (PaliGemma)"
+RESOLUTIONS = (224, 448, 896)
+
+# Gemma sizes (big_vision `models/ppp/gemma.py`, HF conversion scripts).
+GEMMA_1_2B = dict(num_layers=18, num_query_heads=8, num_key_value_heads=1, hidden_dim=2048,
+                  intermediate_dim=16_384, head_dim=256)
+GEMMA_2 = dict(attention_logit_soft_cap=50.0, final_logit_soft_cap=30.0, use_post_norms=True, sliding_window=None)
+GEMMA_2_2B = dict(num_layers=26, num_query_heads=8, num_key_value_heads=4, hidden_dim=2304,
+                  intermediate_dim=9216, head_dim=256, query_pre_attn_scalar=256, **GEMMA_2)
+GEMMA_2_9B = dict(num_layers=42, num_query_heads=16, num_key_value_heads=8, hidden_dim=3584,
+                  intermediate_dim=14_336, head_dim=256, query_pre_attn_scalar=256, **GEMMA_2)
+# 27B scales queries by (hidden_dim / heads) ** -0.5 = 144 ** -0.5, not head_dim 128.
+GEMMA_2_27B = dict(num_layers=46, num_query_heads=32, num_key_value_heads=16, hidden_dim=4608,
+                   intermediate_dim=36_864, head_dim=128, query_pre_attn_scalar=144, **GEMMA_2)
+# SigLIP So400m/14 (our `PaliGemmaBackbone` defaults).
+SO400M_14 = dict(vit_patch_size=14, vit_hidden_dim=1152, vit_num_layers=27, vit_num_heads=16,
+                 vit_intermediate_dim=4304)
+
+
+def pali_gemma_config(gemma, image_size):
+    """The `PaliGemmaBackbone` config of a released checkpoint."""
+    return dict(vocabulary_size=VOCABULARY_SIZE, image_size=image_size, **gemma, **SO400M_14)
+
+
+def _cards():
+    from keras_siglip.models.pali_gemma.pali_gemma_backbone import pali_gemma_parameter_count
+
+    cards = {}
+    families = [
+        # (name prefix, family, size, language model, Gemma, HF prefix, Kaggle handle, big_vision name)
+        ("paligemma_3b_pt", "PaliGemma", "3B", "Gemma 2B", GEMMA_1_2B, "google/paligemma-3b-pt",
+         "kaggle://keras/paligemma/keras/pali_gemma_3b_{res}/4", "pt_{res}"),
+        ("paligemma2_3b_pt", "PaliGemma 2", "3B", "Gemma 2 2B", GEMMA_2_2B, "google/paligemma2-3b-pt",
+         "kaggle://keras/paligemma2/keras/pali_gemma2_pt_3b_{res}/2", "pt_3b_{res}"),
+        ("paligemma2_10b_pt", "PaliGemma 2", "10B", "Gemma 2 9B", GEMMA_2_9B, "google/paligemma2-10b-pt",
+         "kaggle://keras/paligemma2/keras/pali_gemma2_pt_10b_{res}/3", "pt_10b_{res}"),
+        ("paligemma2_28b_pt", "PaliGemma 2", "28B", "Gemma 2 27B", GEMMA_2_27B, "google/paligemma2-28b-pt",
+         "kaggle://keras/paligemma2/keras/pali_gemma2_pt_28b_{res}/{version}", "pt_28b_{res}"),
+    ]
+    for prefix, family, size, lm, gemma, hf, kaggle, big_vision in families:
+        for res in RESOLUTIONS:
+            config = pali_gemma_config(gemma, res)
+            version = 4 if res == 224 else 3  # keras-hub's 28B handles (unused by the others)
+            cards[f"{prefix}_{res}"] = {
+                "metadata": {
+                    "family": family,
+                    "description": f"{family} {size} pretrained at {res}px: SigLIP So400m/14 "
+                                   f"({(res // 14) ** 2} image tokens) + {lm}",
+                    "params": pali_gemma_parameter_count(config),
+                    "image_size": res,
+                    "tokenizer": TOKENIZER,
+                    "pad_token": "<pad>",
+                },
+                "config": config,
+                "sources": {
+                    "huggingface": f"{hf}-{res}",
+                    "kaggle": kaggle.format(res=res, version=version),
+                    "big_vision": f"PaliGemma vanity name {big_vision.format(res=res)}",
+                },
+            }
+    return cards
+
+
+PALI_GEMMA_PRESETS = _cards()
