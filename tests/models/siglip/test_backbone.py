@@ -59,9 +59,9 @@ def test_fit_lowers_the_loss_with_one_forward_per_step(rng, monkeypatch):
     monkeypatch.setattr(type(vit), "call", lambda self, x: calls.append(1) or original(self, x))
     model.compile(optimizer=keras.optimizers.Adam(3e-3), run_eagerly=True)
     x = inputs(rng, batch=8)
-    model.fit(x, batch_size=8, epochs=1, verbose=0)  # includes a one-off symbolic build
+    model.fit(x, batch_size=4, epochs=1, verbose=0)  # includes a one-off symbolic build
     calls.clear()
-    model.fit(x, batch_size=4, epochs=1, verbose=0)  # 2 train steps
+    model.fit(x, batch_size=4, epochs=1, verbose=0)  # 2 train steps, shapes seen (JAX compiled)
     assert len(calls) == 2, f"{len(calls)} vision forward passes in 2 train steps"
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = model.fit(x, batch_size=8, epochs=15, verbose=0).history["loss"]
