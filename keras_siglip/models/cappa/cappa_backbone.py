@@ -39,8 +39,22 @@ def encoder_mask(images):
     return None
 
 
+class ImageToTextMixin:
+    """What the captioner tasks need of an encoder-decoder backbone with a
+    `vit` (the shared `VisionTransformer`) and a `decoder` (`TextDecoder`)."""
+
+    def encode_images(self, images):
+        """`(B, H, W, C)` images (or NaFlex inputs) -> `(B, N, width)` encoder
+        tokens for the decoder; see `encoder_mask` for NaFlex padding."""
+        return self.vit(encoder_input(images), return_tokens=True)
+
+    def encoder_mask(self, images):
+        """`(B, N)` bool real tokens of NaFlex inputs; None for whole images."""
+        return encoder_mask(encoder_input(images))
+
+
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class CapPaBackbone(PresetMixin, Backbone):
+class CapPaBackbone(ImageToTextMixin, PresetMixin, Backbone):
     """Image captioner (big_vision CapPa `Model`): ViT encoder + `TextDecoder`.
 
     The encoder is the shared `VisionTransformer` with `pooling="none"`: the
@@ -169,14 +183,6 @@ class CapPaBackbone(PresetMixin, Backbone):
             return cls(**{**card["config"], **kwargs})
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
-    def encode_images(self, images):
-        """`(B, H, W, C)` images (or NaFlex inputs) -> `(B, N, width)` encoder
-        tokens for the decoder; see `encoder_mask` for NaFlex padding."""
-        return self.vit(encoder_input(images), return_tokens=True)
-
-    def encoder_mask(self, images):
-        """`(B, N)` bool real tokens of NaFlex inputs; None for whole images."""
-        return encoder_mask(encoder_input(images))
 
     def get_config(self):
         config = super().get_config()

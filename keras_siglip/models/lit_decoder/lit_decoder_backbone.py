@@ -2,13 +2,13 @@ import keras
 from keras_hub.models import Backbone
 
 from keras_siglip.layers.decoder import TextDecoder
-from keras_siglip.models.cappa.cappa_backbone import encoder_input, encoder_input_spec, encoder_mask
+from keras_siglip.models.cappa.cappa_backbone import ImageToTextMixin, encoder_input_spec, encoder_mask
 from keras_siglip.models.siglip.siglip_vision_encoder import SigLIPVisionEncoder
 from keras_siglip.utils.preset import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class LiTDecoderBackbone(PresetMixin, Backbone):
+class LiTDecoderBackbone(ImageToTextMixin, PresetMixin, Backbone):
     """A frozen pretrained image encoder + a small trainable `TextDecoder`
     (LiT-decoder, Beyer et al. 2023: "locked-image tuning" with a decoder).
 
@@ -96,14 +96,6 @@ class LiTDecoderBackbone(PresetMixin, Backbone):
     @property
     def input_format(self):
         return self.vision_encoder.input_format
-
-    def encode_images(self, images):
-        """`(B, H, W, C)` images (or NaFlex inputs) -> `(B, N, width)` tokens."""
-        return self.vit(encoder_input(images), return_tokens=True)
-
-    def encoder_mask(self, images):
-        """`(B, N)` bool real tokens of NaFlex inputs; None for whole images."""
-        return encoder_mask(encoder_input(images))
 
     def get_config(self):
         config = super().get_config()
