@@ -7,6 +7,13 @@ prompt: classification (the answer is the class name), captioning, question
 answering. One model, one loss (next-token prediction on the answer), one
 decoding loop for every task.
 
+The "read" task of `ks.data.SHAPES_TASKS` (a number written on the image,
+`ShapesDataset(number_prob=...)`) is left out here: this tiny encoder never saw
+text in its contrastive training, and frozen, it gives the decoder nothing to
+read (measured: 0% of held-out numbers);
+reading needs an encoder pretrained on images with text, as the released
+SigLIP 2 models are.
+
 Here the encoder is the image tower of the shipped `siglip2_shapes_tiny`
 preset (a SigLIP 2 contrastive model); `LiTDecoder.from_preset` takes it,
 freezes it and adds a 2-block decoder. The tasks are mixed in `tf.data` by

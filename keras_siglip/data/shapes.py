@@ -64,6 +64,7 @@ class ShapeAttributes:
     position: str
     count: int
     background: str
+    number: int = None  # a two-digit number written in a corner (`number_prob`)
 
 
 def with_article(phrase):
@@ -193,6 +194,33 @@ def render(attrs, rng, height, width):
     return np.clip(image, 0, 255).astype(np.uint8), np.array(boxes, np.float32), attrs
 
 
+# 3 x 5 pixel digits (rows top to bottom), drawn at 2x: a glyph is 6 x 10 pixels.
+_DIGITS = ("111101101101111", "010110010010111", "111001111100111", "111001111001111",
+           "101101111001001", "111100111001111", "111100111101111", "111001001001001",
+           "111101111101111", "111101111001111")
+_GLYPH_SCALE = 2
+
+
+def draw_number(image, number, background):
+    """Writes `number` (digits, 2x-scaled 3 x 5 font, 1 px apart) into the corner
+    of `image` (uint8 (H, W, 3)) that overlaps the shapes least; black or white
+    ink, whichever contrasts with `background` (a BACKGROUNDS name). In place."""
+    digits = [np.array([int(b) for b in _DIGITS[int(d)]], bool).reshape(5, 3) for d in str(number)]
+    glyph = np.concatenate([np.pad(g, ((0, 0), (0, 1)))[:, : 4 if i < len(digits) - 1 else 3]
+                            for i, g in enumerate(digits)], axis=1)
+    glyph = np.kron(glyph, np.ones((_GLYPH_SCALE, _GLYPH_SCALE), bool))
+    h, w = glyph.shape
+    height, width = image.shape[:2]
+    if h + 4 > height or w + 4 > width:
+        raise ValueError(f"A {image.shape[:2]} image is too small for the number {number}.")
+    plain = np.all(np.abs(image.astype(np.int16) - np.array(BACKGROUND_RGB[background])) <= 2 * _BACKGROUND_JITTER, -1)
+    corners = [(2, 2), (2, width - w - 2), (height - h - 2, 2), (height - h - 2, width - w - 2)]
+    y, x = max(corners, key=lambda c: plain[c[0] : c[0] + h, c[1] : c[1] + w].sum())
+    ink = 0 if np.mean(BACKGROUND_RGB[background]) > 110 else 255
+    image[y : y + h, x : x + w][glyph] = ink
+    return image
+
+
 def sample_attributes(rng):
     """Random ShapeAttributes (count may still shrink when rendering)."""
     color = COLORS[rng.integers(len(COLORS))]
@@ -210,14 +238,18 @@ class ShapesDataset:
     """`num_examples` lazily generated examples; example i depends only on (seed, i).
 
     image_size=int gives square images; image_size=None draws height and width
-    independently and uniformly from [min_side, max_side] per example.
+    independently and uniformly from [min_side, max_side] per example. With
+    number_prob > 0 that fraction of the images also shows a two-digit number
+    (`attributes.number`, for text-reading tasks); the other outputs do not
+    change.
     """
 
     def __init__(self, num_examples, seed=0, image_size=48, min_side=32,
-                 max_side=160, caption_drop_prob=0.5):
+                 max_side=160, caption_drop_prob=0.5, number_prob=0.0):
         self.num_examples, self.seed, self.image_size = num_examples, seed, image_size
         self.min_side, self.max_side = min_side, max_side
         self.caption_drop_prob = caption_drop_prob
+        self.number_prob = number_prob
 
     def __len__(self):
         return self.num_examples
@@ -235,8 +267,13 @@ class ShapesDataset:
         else:
             h = w = self.image_size
         image, boxes, attrs = render(sample_attributes(rng), rng, h, w)
-        return {"image": image, "caption": caption(attrs, rng, self.caption_drop_prob),
-                "label": class_id(attrs), "boxes": boxes, "attributes": attrs}
+        text = caption(attrs, rng, self.caption_drop_prob)
+        # Drawn last, so the rest of the example is the same with or without numbers.
+        if self.number_prob > 0 and rng.random() < self.number_prob:
+            attrs = dataclasses.replace(attrs, number=int(rng.integers(10, 100)))
+            draw_number(image, attrs.number, attrs.background)
+        return {"image": image, "caption": text, "label": class_id(attrs), "boxes": boxes,
+                "attributes": attrs}
 
     def arrays(self):
         """All examples stacked (fixed image_size only): {"images": uint8

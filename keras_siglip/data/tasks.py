@@ -22,6 +22,9 @@ SHAPES_TASKS = {
     "shape": ("what shape is it", lambda a: a.shape),
     "count": ("how many shapes are there", lambda a: COUNT_WORDS[a.count]),
     "background": ("what color is the background", lambda a: a.background),
+    # Text reading; needs a ShapesDataset with number_prob > 0 (images without a
+    # number are left out of this task).
+    "read": ("what number is written", lambda a: str(a.number)),
 }
 
 
@@ -49,10 +52,15 @@ def shapes_task_arrays(dataset, tasks):
     arrays = {}
     for task in names:
         prompt, answer = SHAPES_TASKS[task]
-        targets = [ex["caption"] if answer is None else answer(ex["attributes"]) for ex in examples]
+        rows = np.arange(len(examples))
+        if task == "read":
+            rows = np.array([i for i, ex in enumerate(examples) if ex["attributes"].number is not None], int)
+            if not len(rows):
+                raise ValueError("The 'read' task needs a ShapesDataset with number_prob > 0.")
+        targets = [examples[i]["caption"] if answer is None else answer(examples[i]["attributes"]) for i in rows]
         arrays[task] = {
-            "images": images,
-            "prompts": np.array([prompt] * len(examples)),
+            "images": images[rows],
+            "prompts": np.array([prompt] * len(rows)),
             "targets": np.array(targets),
         }
     return arrays[tasks] if isinstance(tasks, str) else arrays

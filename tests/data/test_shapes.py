@@ -269,3 +269,28 @@ def test_render_draws_fewer_shapes_when_they_do_not_fit():
     assert np.all(boxes[:, 2] <= 0.5)  # still at the top
     text = shapes.caption(drawn, np.random.default_rng(0), drop_prob=0.0)
     assert "three" not in text.split()
+
+
+def test_numbers_for_text_reading_change_nothing_else():
+    from keras_siglip.data import shapes_task_arrays
+
+    plain, numbered = shapes.ShapesDataset(12, seed=9), shapes.ShapesDataset(12, seed=9, number_prob=0.5)
+    written = 0
+    for i in range(12):
+        a, b = plain[i], numbered[i]
+        assert a["caption"] == b["caption"] and a["label"] == b["label"]
+        np.testing.assert_array_equal(a["boxes"], b["boxes"])
+        changed = np.any(a["image"] != b["image"], axis=-1)
+        if b["attributes"].number is None:
+            assert not changed.any()
+        else:
+            written += 1
+            assert 10 <= b["attributes"].number <= 99
+            ys, xs = np.nonzero(changed)  # the glyphs: 14 x 10 pixels in one corner
+            assert ys.max() - ys.min() < 10 and xs.max() - xs.min() < 14
+            assert min(ys.min(), 47 - ys.max()) == 2 and min(xs.min(), 47 - xs.max()) == 2
+    assert 2 <= written <= 10
+    read = shapes_task_arrays(numbered, "read")
+    assert len(read["targets"]) == written and all(t.isdigit() for t in read["targets"])
+    with pytest.raises(ValueError, match="number_prob"):
+        shapes_task_arrays(plain, "read")
