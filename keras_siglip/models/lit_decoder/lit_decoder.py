@@ -49,14 +49,15 @@ class LiTDecoder(CapPaCaptioner):
                 tower (frozen), tokenizer and image converter, with a new
                 decoder sized by `decoder_width`, `decoder_depth`,
                 `decoder_num_heads`, `decoder_mlp_dim` (required) and
-                `max_length`, `decoder_bias`, `decoder_dropout`, `freeze_encoder` (optional);
+                `max_length`, `decoder_bias`, `decoder_dropout`,
+                `freeze_encoder` (optional);
                 `sequence_length` sets the preprocessor's (default 32).
                 Or a saved `LiTDecoder` preset: the whole task.
             load_weights: load the saved weights (else random ones).
         """
         resolved, _, backbone_cls = preset_loader(preset)
         if not (isinstance(backbone_cls, type) and issubclass(backbone_cls, SigLIPBackbone)):
-            return super().from_preset(preset, load_weights=load_weights, **kwargs)
+            return super().from_preset(resolved, load_weights=load_weights, **kwargs)
         decoder_keys = ("decoder_width", "decoder_depth", "decoder_num_heads", "decoder_mlp_dim")
         missing = [key for key in decoder_keys if key not in kwargs]
         if missing:
@@ -65,8 +66,8 @@ class LiTDecoder(CapPaCaptioner):
                 f"tower, so pass its sizes; missing {missing}."
             )
         sequence_length = kwargs.pop("sequence_length", 32)
-        backbone_kwargs = {key: kwargs.pop(key) for key in (*decoder_keys, "decoder_bias", "decoder_dropout", "freeze_encoder")
-                           if key in kwargs}
+        optional = ("decoder_bias", "decoder_dropout", "freeze_encoder")
+        backbone_kwargs = {key: kwargs.pop(key) for key in (*decoder_keys, *optional) if key in kwargs}
         backbone_kwargs["max_length"] = kwargs.pop("max_length", sequence_length)
         siglip = SigLIPBackbone.from_preset(resolved, load_weights=load_weights)
         preprocessor = kwargs.pop("preprocessor", None)

@@ -96,8 +96,7 @@ class PaliGemmaBackbone(PresetMixin, Backbone):
             name="vit",
             dtype=dtype,
         )
-        self.decoder = GemmaDecoder(
-            vocabulary_size=vocabulary_size,
+        decoder_config = dict(
             num_layers=num_layers,
             num_query_heads=num_query_heads,
             num_key_value_heads=num_key_value_heads,
@@ -107,12 +106,11 @@ class PaliGemmaBackbone(PresetMixin, Backbone):
             query_pre_attn_scalar=query_pre_attn_scalar,
             attention_logit_soft_cap=attention_logit_soft_cap,
             final_logit_soft_cap=final_logit_soft_cap,
-            use_post_norms=use_post_norms,
+            use_post_norms=bool(use_post_norms),
             sliding_window=sliding_window,
-            dropout=dropout,
-            name="gemma",
-            dtype=dtype,
+            dropout=float(dropout),
         )
+        self.decoder = GemmaDecoder(vocabulary_size, **decoder_config, name="gemma", dtype=dtype)
         self.vit.build((None, image_size, image_size, 3))
         self.decoder.build()
         self.num_image_tokens = grid * grid
@@ -131,20 +129,7 @@ class PaliGemmaBackbone(PresetMixin, Backbone):
 
         self.vocabulary_size = vocabulary_size
         self.image_size = image_size
-        self.decoder_config = dict(
-            num_layers=num_layers,
-            num_query_heads=num_query_heads,
-            num_key_value_heads=num_key_value_heads,
-            hidden_dim=hidden_dim,
-            intermediate_dim=intermediate_dim,
-            head_dim=head_dim,
-            query_pre_attn_scalar=query_pre_attn_scalar,
-            attention_logit_soft_cap=attention_logit_soft_cap,
-            final_logit_soft_cap=final_logit_soft_cap,
-            use_post_norms=bool(use_post_norms),
-            sliding_window=sliding_window,
-            dropout=float(dropout),
-        )
+        self.decoder_config = decoder_config
         self.vit_config = dict(
             vit_patch_size=vit_patch_size,
             vit_hidden_dim=vit_hidden_dim,
