@@ -64,3 +64,65 @@ def test_errors_are_clear(capsys, tmp_path):
         cli.main(["zero-shot", str(tmp_path / "missing.png"), "--labels", "a"])
     with pytest.raises(SystemExit, match="Unknown preset"):
         cli.main(["embed", "--texts", "a", "--preset", "siglip2_shapes_tiyn", "--out", str(tmp_path / "x.npy")])
+
+
+def test_convert_pali_gemma_hf_folder_and_big_vision_npz(tmp_path, capsys):
+    """`keras-siglip convert` tells a PaliGemma checkpoint from its contents (a
+    big_vision .npz with img/ + llm/ params, an HF folder with model_type
+    "paligemma") and writes a PaliGemmaBackbone preset; unknown layouts fail clearly."""
+    import keras
+
+    from keras_siglip.convert import detect_model
+    from keras_siglip.convert.pali_gemma import load_pali_gemma, write_pali_gemma_big_vision
+    from keras_siglip.models.pali_gemma import PaliGemmaBackbone
+
+    config = dict(vocabulary_size=64, image_size=16, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+                  hidden_dim=24, intermediate_dim=32, head_dim=8, vit_patch_size=4, vit_hidden_dim=16,
+                  vit_num_layers=2, vit_num_heads=2, vit_intermediate_dim=24, use_post_norms=True,
+                  attention_logit_soft_cap=50.0, final_logit_soft_cap=30.0)
+    source = PaliGemmaBackbone(**config)
+    rng = np.random.default_rng(0)
+    source.set_weights([0.2 * rng.standard_normal(w.shape).astype("float32") for w in source.weights])
+    inputs = dict(images=rng.uniform(-1, 1, (2, 16, 16, 3)).astype("float32"),
+                  token_ids=rng.integers(1, 64, (2, 6)).astype("int32"),
+                  padding_mask=np.ones((2, 6), "int32"),
+                  response_mask=np.array([[0, 0, 0, 1, 1, 1]] * 2, "int32"))
+    expected = keras.ops.convert_to_numpy(source(inputs))
+
+    npz = str(tmp_path / "pt_tiny.npz")
+    write_pali_gemma_big_vision(source, npz)
+    assert detect_model(npz) == "pali_gemma"
+    cli.main(["convert", npz, str(tmp_path / "from_npz")])
+    assert "Wrote" in capsys.readouterr().out
+    converted = PaliGemmaBackbone.from_preset(str(tmp_path / "from_npz"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(converted(inputs)), expected, atol=1e-5)
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf = transformers.PaliGemmaForConditionalGeneration(transformers.PaliGemmaConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=24,
+                           num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=4,
+                           vision_use_head=False),
+        text_config=dict(model_type="gemma", vocab_size=64, hidden_size=24, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=1, head_dim=8),
+        projection_dim=24, image_token_index=63, vocab_size=64,
+    ))
+    folder = str(tmp_path / "hf_paligemma")
+    hf.save_pretrained(folder, safe_serialization=True)
+    assert detect_model(folder) == "pali_gemma"
+    cli.main(["convert", folder, str(tmp_path / "from_hf")])
+    converted = PaliGemmaBackbone.from_preset(str(tmp_path / "from_hf"))
+    assert converted.get_config()["num_key_value_heads"] == 1
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(converted(inputs)),
+                                  keras.ops.convert_to_numpy(load_pali_gemma(folder)(inputs)))
+
+    np.savez(tmp_path / "vae-oid.npz", **{"_vq_vae._embedding": np.zeros((128, 8), "float32")})
+    with pytest.raises(ValueError, match="segmentation VQ-VAE"):
+        cli.main(["convert", str(tmp_path / "vae-oid.npz"), str(tmp_path / "x")])
+    np.savez(tmp_path / "odd.npz", **{"params/foo/w": np.zeros(2, "float32")})
+    with pytest.raises(ValueError, match=r"not a big_vision checkpoint layout.*found \['foo'\]"):
+        cli.main(["convert", str(tmp_path / "odd.npz"), str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="tokenizer is supported for SigLIP"):
+        cli.main(["convert", npz, str(tmp_path / "x"), "--tokenizer", npz])
+    assert not (tmp_path / "x").exists()

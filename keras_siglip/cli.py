@@ -171,14 +171,16 @@ def main(argv=None):
     p.set_defaults(run=cmd_embed)
 
     p = sub.add_parser(
-        "convert", help="big_vision .npz | Hugging Face folder | keras-hub preset -> keras_siglip preset"
+        "convert", help="big_vision .npz | Hugging Face folder | keras-hub preset -> keras_siglip preset "
+                        "(SigLIP, PaliGemma 1/2, CapPa; the model is read from the checkpoint)"
     )
-    p.add_argument("source", help="a .npz file, an HF folder, a keras-hub preset folder (or a preset of "
-                                  "ours with --to huggingface)")
+    p.add_argument("source", help="a big_vision .npz (SigLIP, PaliGemma or CapPa), an HF SigLIP or "
+                                  "PaliGemma folder, a keras-hub preset folder (or a preset of ours with "
+                                  "--to huggingface)")
     p.add_argument("destination", help="the folder to write (replaced atomically)")
     p.add_argument("--preset", default=None,
                    help="big_vision only: the published preset name whose architecture the .npz holds "
-                        "(else inferred from the shapes)")
+                        "(else inferred from the shapes); for PaliGemma it also sets the Gemma 2 soft caps")
     p.add_argument("--tokenizer", default=None, metavar="SPM",
                    help="a SentencePiece model to bundle when the source has none (big_vision .npz)")
     p.add_argument("--to", choices=("keras_siglip", "huggingface"), default="keras_siglip",

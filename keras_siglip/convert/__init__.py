@@ -4,6 +4,8 @@
     convert.convert("siglip2_b16_naflex.npz", "presets/b16_naflex")   # big_vision
     convert.convert("hf_folder/", "presets/b16")                       # transformers
     convert.convert("kaggle_download/", "presets/b16_kh")              # keras-hub
+    convert.convert("paligemma_folder/", "presets/pg")                 # HF PaliGemma 1 / 2
+    convert.convert("pt_224.npz", "presets/pg224")                     # big_vision PaliGemma
     backbone = SigLIPBackbone.from_preset("hf_folder/")   # converts on the fly (cached)
 
 and back out: `write_huggingface(backbone, folder)` (transformers loads it),
@@ -18,13 +20,21 @@ import hashlib
 import json
 import os
 
+from keras_siglip.convert import big_vision as _big_vision
 from keras_siglip.convert.big_vision import read_big_vision, write_big_vision
 from keras_siglip.convert.common import Checkpoint, CheckpointMismatch, build_backbone, load_into
 from keras_siglip.convert.huggingface import read_huggingface, write_huggingface
 from keras_siglip.convert.keras_hub import assign_weights, keras_hub_weights, read_keras_hub
-from keras_siglip.convert.pali_gemma import load_pali_gemma, read_pali_gemma
+from keras_siglip.convert.cappa import read_cappa
+from keras_siglip.convert.pali_gemma import (
+    load_pali_gemma, load_pali_gemma_big_vision, read_pali_gemma, read_pali_gemma_big_vision,
+    write_pali_gemma_big_vision,
+)
 
 FORMATS = ("big_vision", "huggingface", "keras_hub", "keras_siglip")
+# What a checkpoint holds (`detect_model`): the backbone it converts to.
+MODELS = ("siglip", "pali_gemma", "cappa")
+_HF_MODEL_TYPES = {"siglip": "siglip", "siglip2": "siglip", "paligemma": "pali_gemma"}
 
 
 def detect_format(source):
@@ -45,7 +55,7 @@ def detect_format(source):
             config = json.load(f)
         except json.JSONDecodeError as error:
             raise ValueError(f"{config_path} is not valid JSON: {error}") from None
-    if config.get("model_type") in ("siglip", "siglip2"):
+    if config.get("model_type") in _HF_MODEL_TYPES:
         return "huggingface"
     registered = str(config.get("registered_name", ""))
     if registered.startswith("keras_hub>"):
@@ -53,20 +63,74 @@ def detect_format(source):
     if registered.startswith("keras_siglip>"):
         return "keras_siglip"
     raise ValueError(
-        f"{config_path} describes neither a Hugging Face SigLIP (model_type "
+        f"{config_path} describes neither a Hugging Face SigLIP / PaliGemma (model_type "
         f"{config.get('model_type')!r}) nor a keras-hub / keras_siglip preset "
         f"(registered_name {config.get('registered_name')!r})."
     )
 
 
-def read_checkpoint(source, config=None, progress=True):
-    """Open any supported source as a `Checkpoint` (tensors are read lazily)."""
+def _npz_model(path):
+    """The model a big_vision `.npz` holds, from its key names only (no data read)."""
+    with _big_vision._load(path) as npz:
+        keys = [key for key in npz.files]
+    if "_vq_vae._embedding" in keys:
+        raise ValueError(
+            f"{path} is PaliGemma's segmentation VQ-VAE (vae-oid.npz), not a model checkpoint: load it "
+            "with keras_siglip.models.pali_gemma.pali_gemma_segmentation.load_mask_decoder."
+        )
+    nested = any(key.startswith("params/") for key in keys)
+    names = [key[len("params/"):] for key in keys if key.startswith("params/")] if nested else keys
+    groups = {key.split("/", 1)[0] for key in names}
+    if {"img", "llm"} <= groups:
+        return "pali_gemma"
+    if {"img", "txt"} <= groups:
+        return "siglip"
+    if {"encoder", "decoder"} <= groups and any(key.startswith("decoder/EncDecBlock") for key in names):
+        return "cappa"
+    raise ValueError(
+        f"{path} is not a big_vision checkpoint layout keras_siglip knows: expected top-level params "
+        "img/ + txt/ (SigLIP two-tower), img/ + llm/ (PaliGemma) or encoder/ + decoder/ (CapPa); "
+        f"found {sorted(groups)[:8] or 'no arrays'}."
+    )
+
+
+def detect_model(source):
+    """`"siglip"`, `"pali_gemma"` or `"cappa"`: what `source` converts to, read from
+    its contents (the `.npz` key names, or `config.json`'s `model_type`); a clear
+    error for a layout none of them has."""
     kind = detect_format(source)
     if kind == "big_vision":
+        return _npz_model(os.fspath(source))
+    if kind == "huggingface":
+        with open(os.path.join(os.fspath(source), "config.json")) as f:
+            return _HF_MODEL_TYPES[json.load(f).get("model_type")]
+    if kind == "keras_hub":
+        return "siglip"
+    raise ValueError(f"{source} is already a keras_siglip preset; load it with from_preset.")
+
+
+def read_checkpoint(source, config=None, progress=True):
+    """Open any supported source as a `Checkpoint` (tensors are read lazily).
+
+    `config`: big_vision only: a published preset name or card config dict
+    (SigLIP: `PUBLISHED_PRESETS`; PaliGemma: `PALI_GEMMA_PRESETS` or
+    `PaliGemmaBackbone` kwargs, which also set the Gemma 2 soft caps).
+    """
+    kind = detect_format(source)
+    if kind == "big_vision":
+        model = _npz_model(os.fspath(source))
+        if model == "pali_gemma":
+            return read_pali_gemma_big_vision(source, config=config, progress=progress)
+        if model == "cappa":
+            if config is not None:
+                raise ValueError(f"`config` does not apply to CapPa checkpoints ({source}); the shapes fix it.")
+            return read_cappa(source, progress=progress)
         return read_big_vision(source, config=config, progress=progress)
     if config is not None:
         raise ValueError(f"`config` applies to big_vision checkpoints; {source} is a {kind} folder.")
     if kind == "huggingface":
+        if detect_model(source) == "pali_gemma":
+            return read_pali_gemma(source)
         return read_huggingface(source, progress=progress)
     if kind == "keras_hub":
         return read_keras_hub(source, progress=progress)
@@ -85,17 +149,36 @@ def convert(source, destination, config=None, tokenizer=None, progress=True):
             none (big_vision files): the T5 / mT5 / Gemma model of the vocabulary.
 
     Returns:
-        The destination path. The preset holds the backbone and, when the source
-        has a tokenizer, a `SigLIPPreprocessor`.
+        The destination path. The preset holds the backbone (`SigLIPBackbone`,
+        `PaliGemmaBackbone` or `CapPaBackbone`, as `detect_model` says) and, for
+        SigLIP when the source has a tokenizer, a `SigLIPPreprocessor`.
     """
+    model = detect_model(source)
+    if tokenizer is not None and model != "siglip":
+        raise ValueError(
+            f"{source} holds a {model} model; bundling a tokenizer is supported for SigLIP checkpoints "
+            "only (the preset is written with the backbone alone)."
+        )
     checkpoint = read_checkpoint(source, config=config, progress=progress)
     if tokenizer is not None:
         with open(tokenizer, "rb") as f:
             vocabulary = checkpoint.config["text_encoder"]["vocabulary_size"]
             checkpoint.tokenizer = {"proto": f.read(), "pad_token": "<pad>" if vocabulary == 256_000 else "</s>"}
-    backbone = load_into(build_backbone(checkpoint.config), checkpoint, progress=progress)
+    backbone = load_into(_build(model, checkpoint.config), checkpoint, progress=progress)
     write_preset(backbone, checkpoint, destination)
     return os.fspath(destination)
+
+
+def _build(model, config):
+    if model == "pali_gemma":
+        from keras_siglip.models.pali_gemma import PaliGemmaBackbone
+
+        return PaliGemmaBackbone(**config)
+    if model == "cappa":
+        from keras_siglip.models import CapPaBackbone
+
+        return CapPaBackbone(**config)
+    return build_backbone(config)
 
 
 def write_preset(backbone, checkpoint, destination):
@@ -186,8 +269,9 @@ def _download(uri):
 
 
 __all__ = [
-    "Checkpoint", "CheckpointMismatch", "FORMATS", "assign_weights", "build_backbone", "cache_dir",
-    "convert", "detect_format", "keras_hub_weights", "load_into", "make_preprocessor",
-    "read_big_vision", "read_checkpoint", "read_huggingface", "read_keras_hub", "resolve_preset",
-    "write_big_vision", "write_huggingface", "write_preset",
+    "Checkpoint", "CheckpointMismatch", "FORMATS", "MODELS", "assign_weights", "build_backbone", "cache_dir",
+    "convert", "detect_format", "detect_model", "keras_hub_weights", "load_into", "load_pali_gemma",
+    "load_pali_gemma_big_vision", "make_preprocessor", "read_big_vision", "read_cappa", "read_checkpoint",
+    "read_huggingface", "read_keras_hub", "read_pali_gemma", "read_pali_gemma_big_vision", "resolve_preset",
+    "write_big_vision", "write_huggingface", "write_pali_gemma_big_vision", "write_preset",
 ]

@@ -1,4 +1,7 @@
-"""Hugging Face `PaliGemmaForConditionalGeneration` folders -> `PaliGemmaBackbone`.
+"""PaliGemma checkpoints -> `PaliGemmaBackbone`: Hugging Face
+`PaliGemmaForConditionalGeneration` folders and big_vision `.npz` files.
+
+Hugging Face (`read_pali_gemma`, `load_pali_gemma`):
 
 Reads `config.json` plus `model.safetensors` or sharded safetensors (numpy, one
 tensor at a time, nothing unpickled). Every tensor naming in use is read (the Hub
@@ -28,11 +31,21 @@ layer). They differ only when a suffix token lies more than 4096 positions after
 a key (896 px inputs: 4096 image tokens). `read_pali_gemma(sliding_window=None)`
 (the default) follows big_vision; `sliding_window="config"` keeps HF's window
 for exact parity with transformers at every length.
+
+big_vision (`read_pali_gemma_big_vision`, `load_pali_gemma_big_vision`,
+`write_pali_gemma_big_vision`): the Flax tree of `models/proj/paligemma`
+(`params/img/...` the ViT, `params/llm/...` Gemma, `models/ppp/gemma.py`);
+see `read_pali_gemma_big_vision` for the names and layouts.
 """
 
+import math
 import os
+import re
 
-from keras_siglip.convert.common import Checkpoint, load_into
+import numpy as np
+
+from keras_siglip.convert import big_vision as _bv
+from keras_siglip.convert.common import Checkpoint, CheckpointMismatch, load_into
 from keras_siglip.convert.huggingface import (  # the SigLIP converter's rule helpers and safetensors reader
     _dense, _encoder, _norm, _read_json, _Rule, _safe_open, _same, _tensor_files,
 )
@@ -258,3 +271,309 @@ def load_pali_gemma(folder, sliding_window=None, dtype=None, progress=False):
     checkpoint = read_pali_gemma(folder, sliding_window=sliding_window)
     backbone = PaliGemmaBackbone(**checkpoint.config, dtype=dtype)
     return load_into(backbone, checkpoint, progress=progress)
+
+
+# -- big_vision ----------------------------------------------------------------------
+#
+# The Gemma block (`models/ppp/gemma.py` `Block`, params under `llm/layers/`):
+# scanned (`scan=True`, the released checkpoints) with a leading depth axis on
+# every leaf, or per layer under `llm/layers/{i}/`. N query heads, K key/value
+# heads, H head_dim, D width, F MLP width:
+#
+#     attn/q_einsum/w          (N, D, H)      -> attention/query/kernel       (same)
+#     attn/kv_einsum/w         (2, K, D, H)   -> attention/key|value/kernel   [0] | [1]
+#     attn/qkv_einsum/w        (3, N, D, H)   -> query | key | value (N == K, Gemma 7B)
+#     attn/attn_vec_einsum/w   (N, H, D)      -> attention/attention_output/kernel
+#     mlp/gating_einsum        (2, D, F)      -> ffw_gating [0] (gelu) | ffw_gating_2 [1]
+#                                                ((2, F, D) is transposed, as big_vision does)
+#     mlp/linear               (F, D)         -> ffw_linear/kernel
+#     {pre_attention,pre_ffw,post_attention,post_ffw}_norm/scale (D,)   (post: Gemma 2)
+
+_LLM_NAMES = {
+    "llm/embedder/input_embedding": "gemma/token_embedding/embeddings",
+    "llm/final_norm/scale": "gemma/final_norm/scale",
+}
+# block leaf -> [(our leaf, index into the leaf's own axes or None)]
+_LLM_BLOCK = {
+    **{f"{n}/scale": [(f"{n}/scale", None)]
+       for n in ("pre_attention_norm", "post_attention_norm", "pre_ffw_norm", "post_ffw_norm")},
+    "attn/q_einsum/w": [("attention/query/kernel", None)],
+    "attn/kv_einsum/w": [("attention/key/kernel", 0), ("attention/value/kernel", 1)],
+    "attn/qkv_einsum/w": [("attention/query/kernel", 0), ("attention/key/kernel", 1),
+                          ("attention/value/kernel", 2)],
+    "attn/attn_vec_einsum/w": [("attention/attention_output/kernel", None)],
+    "mlp/gating_einsum": [("ffw_gating/kernel", 0), ("ffw_gating_2/kernel", 1)],
+    "mlp/linear": [("ffw_linear/kernel", None)],
+}
+_LLM_LAYER = re.compile(r"llm/layers/(?:(\d+)/)?(.+)")
+# Gemma 2 27B (PaliGemma 2 28B) scales queries by (D / N) ** -0.5 (big_vision's
+# `query_pre_attn_norm="rsqrt_emb_per_head"`); every other variant by H ** -0.5.
+# Shapes cannot tell the two apart, so the 27B shapes select it.
+_GEMMA2_27B = dict(hidden_dim=4608, num_query_heads=32, head_dim=128)
+AUTO = "auto"
+
+
+def _pg_our_paths(key, shape, npz_key=None):
+    """`[(our path, index or None)]` of one leaf of a PaliGemma tree."""
+    if key in _LLM_NAMES:
+        return [(_LLM_NAMES[key], None)]
+    match = _LLM_LAYER.fullmatch(key)
+    if match and match[2] in _LLM_BLOCK:
+        if match[1] is not None:
+            return [(f"gemma/block_{match[1]}/{ours}", None if sub is None else (sub,))
+                    for ours, sub in _LLM_BLOCK[match[2]]]
+        if shape:
+            return [(f"gemma/block_{i}/{ours}", (i,) if sub is None else (i, sub))
+                    for i in range(shape[0]) for ours, sub in _LLM_BLOCK[match[2]]]
+    if key.startswith("img/"):
+        return _bv._our_paths(key, shape, npz_key)
+    return [(npz_key or key, None)]
+
+
+def _pg_to_ours(key, value, config):
+    if key == "img/embedding/kernel":  # conv (P, P, C, W) -> Dense (P*P*C, W)
+        shape = (-1, value.shape[-1])
+    elif key == "img/pos_embedding":  # (1, g*g, W) -> (g, g, W)
+        grid = config["image_size"] // config["vit_patch_size"]
+        shape = (grid, grid, value.shape[-1])
+    elif key.endswith("mlp/gating_einsum"):  # one (D, F) half; (F, D) when stored transposed
+        if value.ndim == 2 and value.shape[0] != config["hidden_dim"] and value.shape[1] == config["hidden_dim"]:
+            return value.T
+        return value
+    else:
+        return value
+    try:
+        return np.reshape(value, shape)
+    except ValueError:  # left as stored: `load_into` reports it as mis-shaped
+        return value
+
+
+def infer_pali_gemma_config(shapes, query_pre_attn_scalar=AUTO, attention_logit_soft_cap=AUTO,
+                            final_logit_soft_cap=AUTO):
+    """`PaliGemmaBackbone` kwargs from the leaf shapes of a big_vision PaliGemma tree.
+
+    Read from the shapes: the ViT's patch size, width, depth, heads, MLP width
+    and image size (square position grid times the patch); Gemma's vocabulary
+    and width (embedding), depth (scan axis or `layers/{i}` count), query and
+    key/value heads and head_dim (the einsums), MLP width (gating einsum) and
+    generation (Gemma 2 has post norms). Not in the shapes, given as args with
+    these `"auto"` defaults: the Gemma 2 soft caps (big_vision's `gemma.py`
+    variants: attention 50, final 30; Gemma 1: none) and the query scale
+    (head_dim, except the Gemma 2 27B shapes: width / heads = 144).
+
+    big_vision itself applies the final cap only when decoding (`prefill` /
+    `extend`); its scoring forward (`text_logits`, the training loss) skips
+    it. A cap changes no argmax, so greedy outputs agree either way.
+    """
+
+    def need(key):
+        if key not in shapes:
+            raise CheckpointMismatch(f"The checkpoint lacks {key!r}, from which the architecture is read.")
+        return shapes[key]
+
+    kernel, positions = need("img/embedding/kernel"), need("img/pos_embedding")
+    if len(kernel) != 4 or kernel[2] != 3:
+        raise CheckpointMismatch(f"img/embedding/kernel {kernel} is not an RGB conv patch kernel (P, P, 3, W).")
+    side = math.isqrt(positions[-2])
+    if side * side != positions[-2]:
+        raise CheckpointMismatch(f"img/pos_embedding {positions} is not a square grid of patches.")
+    vit = _bv._encoder(shapes, "img/Transformer", need)
+    vocabulary, width = need("llm/embedder/input_embedding")
+
+    scanned = any(key.startswith("llm/layers/") and _LLM_LAYER.fullmatch(key)[1] is None for key in shapes)
+    if scanned:
+        prefix, axis = "llm/layers", 1
+    else:
+        layers = sorted({int(m[1]) for key in shapes if (m := _LLM_LAYER.fullmatch(key)) and m[1] is not None})
+        if not layers:
+            raise CheckpointMismatch("The checkpoint has no Gemma layers under llm/layers/.")
+        prefix, axis = f"llm/layers/{layers[0]}", 0
+
+    def leaf(name):
+        return shapes.get(f"{prefix}/{name}")
+
+    depth = need(f"{prefix}/pre_attention_norm/scale")[0] if scanned else max(layers) + 1
+    if leaf("attn/qkv_einsum/w") is not None:  # (3, N, D, H): multi-head
+        _, heads, _, head_dim = leaf("attn/qkv_einsum/w")[axis:]
+        kv_heads = heads
+    else:
+        heads, _, head_dim = need(f"{prefix}/attn/q_einsum/w")[axis:]
+        kv_heads = need(f"{prefix}/attn/kv_einsum/w")[axis + 1]
+    gating = need(f"{prefix}/mlp/gating_einsum")[axis:]
+    intermediate = gating[2] if gating[1] == width else gating[1]
+    gemma2 = leaf("post_attention_norm/scale") is not None
+    config = dict(
+        vocabulary_size=vocabulary, image_size=side * kernel[0], num_layers=depth,
+        num_query_heads=heads, num_key_value_heads=kv_heads, hidden_dim=width,
+        intermediate_dim=intermediate, head_dim=head_dim,
+        vit_patch_size=kernel[0], vit_hidden_dim=kernel[-1], vit_num_layers=vit["depth"],
+        vit_num_heads=vit["num_heads"], vit_intermediate_dim=vit["mlp_dim"],
+    )
+    is_27b = all(config[k] == v for k, v in _GEMMA2_27B.items()) and gemma2
+    defaults = dict(
+        query_pre_attn_scalar=width // heads if is_27b else None,
+        attention_logit_soft_cap=50.0 if gemma2 else None,
+        final_logit_soft_cap=30.0 if gemma2 else None,
+    )
+    given = dict(query_pre_attn_scalar=query_pre_attn_scalar, attention_logit_soft_cap=attention_logit_soft_cap,
+                 final_logit_soft_cap=final_logit_soft_cap)
+    for name, value in given.items():
+        config[name] = defaults[name] if isinstance(value, str) and value == AUTO else (value or None)
+    config.update(use_post_norms=gemma2, sliding_window=None)
+    return config
+
+
+_OPTIONS = ("query_pre_attn_scalar", "attention_logit_soft_cap", "final_logit_soft_cap", "sliding_window")
+
+
+def _given_config(config):
+    """A PaliGemma preset card name, a card, or `PaliGemmaBackbone` kwargs -> kwargs."""
+    if isinstance(config, str):
+        from keras_siglip.models.pali_gemma.pali_gemma_presets import PALI_GEMMA_PRESETS
+
+        if config not in PALI_GEMMA_PRESETS:
+            raise ValueError(f"Unknown PaliGemma preset {config!r}; known: {', '.join(sorted(PALI_GEMMA_PRESETS))}.")
+        config = PALI_GEMMA_PRESETS[config]
+    return dict(config.get("config", config))
+
+
+def read_pali_gemma_big_vision(path, query_pre_attn_scalar=AUTO, attention_logit_soft_cap=AUTO,
+                               final_logit_soft_cap=AUTO, progress=None, config=None):
+    """A big_vision PaliGemma 1 / 2 `.npz` as a `Checkpoint` (`config`:
+    `PaliGemmaBackbone` kwargs).
+
+    The tree (reference: big_vision `models/proj/paligemma/paligemma.py`,
+    `models/vit.py`, `models/ppp/gemma.py`; keys with or without `params/`):
+
+        img/embedding/kernel (P, P, 3, W), bias (W,)   -> vit/embedding (Dense (P*P*3, W))
+        img/pos_embedding (1, g*g, W)                  -> vit/position_embedding (g, g, W)
+        img/Transformer/encoderblock[_i]/...           the SigLIP ViT block names
+                                                       (scanned: leading depth axis)
+        img/Transformer/encoder_norm/{scale,bias}
+        img/head/{kernel (W, D), bias (D,)}            -> vit/head, the projector
+        llm/embedder/input_embedding (V, D)            -> gemma/token_embedding (tied output)
+        llm/layers[/i]/...                             the Gemma block (table above)
+        llm/final_norm/scale (D,)
+
+    bfloat16 leaves (numpy void of itemsize 2) are read as bfloat16. Gemma 2's
+    soft caps and the query scale are not in the file: see
+    `infer_pali_gemma_config` for the `"auto"` defaults; pass numbers (or None
+    for no cap) to override, e.g. `final_logit_soft_cap=None` for a model
+    fine-tuned with big_vision's PaliGemma 2 transfer configs (cap 0). The
+    decoder uses global attention in every layer, as big_vision does.
+
+    `config`: optional `PaliGemmaBackbone` kwargs, card or PaliGemma preset
+    name (`PALI_GEMMA_PRESETS`): its soft caps, query scalar and sliding window
+    are used (over the `"auto"` defaults; explicit args win) and every other
+    key must agree with the shapes, else a `CheckpointMismatch` lists the
+    differences.
+    """
+    path = os.fspath(path)
+    leaves = _bv._leaves(path, groups=("img", "llm"), model="PaliGemma")
+    shapes = {key: shape for key, (_, shape, _) in leaves.items()}
+    given = _given_config(config) if config is not None else {}
+    options = dict(query_pre_attn_scalar=query_pre_attn_scalar, attention_logit_soft_cap=attention_logit_soft_cap,
+                   final_logit_soft_cap=final_logit_soft_cap)
+    for name in options:
+        if name in given and isinstance(options[name], str) and options[name] == AUTO:
+            options[name] = given[name]
+    try:
+        inferred = infer_pali_gemma_config(shapes, **options)
+    except ValueError as error:
+        raise type(error)(f"{path}: {error}") from None
+    differences = [f"  {key}: checkpoint {inferred[key]!r} vs config {value!r}" for key, value in given.items()
+                   if key in inferred and key not in _OPTIONS and inferred[key] != value]
+    unknown = sorted(key for key in given if key not in inferred)
+    if differences or unknown:
+        lines = differences + ([f"  unknown keys: {unknown}"] if unknown else [])
+        raise CheckpointMismatch(f"{path} does not match the given config:\n" + "\n".join(lines))
+    config = {**inferred, "sliding_window": given.get("sliding_window")}
+    return Checkpoint(
+        config=config,
+        tensors=lambda: _bv._tensors(path, leaves, config, progress, _pg_our_paths, _pg_to_ours),
+        num_tensors=sum(len(_pg_our_paths(key, shape)) for key, shape in shapes.items()),
+        source=f"big_vision PaliGemma checkpoint {path}",
+    )
+
+
+def load_pali_gemma_big_vision(path, dtype=None, progress=False, **kwargs):
+    """Build a `PaliGemmaBackbone` from a big_vision PaliGemma `.npz` and load it.
+
+    `kwargs`: the Gemma 2 options of `read_pali_gemma_big_vision`. Raises
+    `CheckpointMismatch` naming every missing, unexpected and mis-shaped tensor.
+    """
+    from keras_siglip.models.pali_gemma import PaliGemmaBackbone
+
+    checkpoint = read_pali_gemma_big_vision(path, **kwargs)
+    return load_into(PaliGemmaBackbone(**checkpoint.config, dtype=dtype), checkpoint, progress=progress)
+
+
+def write_pali_gemma_big_vision(backbone, path, scan=True):
+    """Save a `PaliGemmaBackbone` as a big_vision PaliGemma `.npz` (`params/...` keys).
+
+    `scan=True` stacks the ViT blocks under `img/Transformer/encoderblock` and
+    the Gemma layers under `llm/layers` (the released layout); `scan=False`
+    writes `encoderblock_{i}` and `llm/layers/{i}`. Multi-head models (N == K)
+    get `qkv_einsum`, others `q_einsum` + `kv_einsum`. bfloat16 weights are
+    stored as numpy void of itemsize 2. The soft caps and query scale are not
+    part of the tree (pass them to the reader).
+    """
+    from keras import ops
+    import ml_dtypes
+
+    vit_names = {ours: bv for bv, ours in _bv.NAMES.items() if bv.startswith("img/")}
+    vit_block = {ours: bv for bv, ours in _bv.BLOCK.items()}
+    values = {}
+    for variable in backbone.weights:
+        value = ops.convert_to_numpy(variable)
+        if value.dtype == ml_dtypes.bfloat16:
+            value = value.view("V2")
+        values[variable.path] = value
+    vit = backbone.vit
+    config = backbone.get_config()
+    tree, stacks = {}, {}
+
+    def put(key, depth_index, value, stack_prefix, layer_prefix):
+        if scan:
+            stacks.setdefault(f"{stack_prefix}/{key}", {})[depth_index] = value
+        else:
+            tree[f"{layer_prefix}/{key}"] = value
+
+    for name, value in values.items():
+        if name.startswith("vit/"):
+            if match := re.fullmatch(r"vit/encoder/block_(\d+)/(.+)", name):
+                i = int(match[1])
+                put(vit_block[match[2]], i, value, "img/Transformer/encoderblock",
+                    f"img/Transformer/encoderblock_{i}")
+                continue
+            key = vit_names[name]
+            if key == "img/embedding/kernel":
+                value = value.reshape(vit.patch_size, vit.patch_size, 3, -1)
+            elif key == "img/pos_embedding":
+                value = value.reshape(1, -1, value.shape[-1])
+            tree[key] = value
+    names = {ours: bv for bv, ours in _LLM_NAMES.items()}
+    tree.update({names[n]: values[n] for n in names})
+    multi_head = config["num_query_heads"] == config["num_key_value_heads"]
+    for i in range(config["num_layers"]):
+        block = {leaf: values[f"gemma/block_{i}/{leaf}"] for leaf in (
+            "pre_attention_norm/scale", "pre_ffw_norm/scale", "post_attention_norm/scale", "post_ffw_norm/scale",
+            "attention/query/kernel", "attention/key/kernel", "attention/value/kernel",
+            "attention/attention_output/kernel", "ffw_gating/kernel", "ffw_gating_2/kernel",
+            "ffw_linear/kernel") if f"gemma/block_{i}/{leaf}" in values}
+        leaves = {f"{n}/scale": block[f"{n}/scale"] for n in ("pre_attention_norm", "pre_ffw_norm", "post_attention_norm",
+                                                  "post_ffw_norm") if f"{n}/scale" in block}
+        q, k, v = (block[f"attention/{n}/kernel"] for n in ("query", "key", "value"))
+        if multi_head:
+            leaves["attn/qkv_einsum/w"] = np.stack([q, k, v])
+        else:
+            leaves["attn/q_einsum/w"] = q
+            leaves["attn/kv_einsum/w"] = np.stack([k, v])
+        leaves["attn/attn_vec_einsum/w"] = block["attention/attention_output/kernel"]
+        leaves["mlp/gating_einsum"] = np.stack([block["ffw_gating/kernel"], block["ffw_gating_2/kernel"]])
+        leaves["mlp/linear"] = block["ffw_linear/kernel"]
+        for key, value in leaves.items():
+            put(key, i, value, "llm/layers", f"llm/layers/{i}")
+    for key, blocks in stacks.items():
+        tree[key] = np.stack([blocks[i] for i in range(len(blocks))])
+    np.savez(path, **{f"params/{key}": value for key, value in tree.items()})
