@@ -6,7 +6,15 @@ from keras_siglip.models.cappa import (
     LocCaPreprocessor,
 )
 from keras_siglip.models.lit_decoder import LiTDecoder, LiTDecoderBackbone, LiTDecoderPreprocessor
-from keras_siglip.models.pali_gemma import PaliGemmaBackbone, pali_gemma_parameter_count
+from keras_siglip.models.pali_gemma import (
+    PaliGemmaBackbone,
+    PaliGemmaCausalLM,
+    PaliGemmaCausalLMPreprocessor,
+    PaliGemmaImageConverter,
+    PaliGemmaMaskDecoder,
+    PaliGemmaTokenizer,
+    pali_gemma_parameter_count,
+)
 from keras_siglip.models.siglip import (
     SigLIPBackbone,
     SigLIPImageClassifier,

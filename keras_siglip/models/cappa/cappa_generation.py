@@ -128,9 +128,7 @@ def decode_with_sampler(
         forced = ops.slice(prompt, (0, index), (rows, 1))
         forced = ops.where(ops.equal(vocabulary[None, :], forced), 0.0, -1e9)
         logits = ops.where(ops.slice(row_mask, (0, index), (rows, 1)), forced, logits)
-        generated = ops.logical_and(ops.logical_not(row_mask), positions < index)
-        finished = ops.any(ops.logical_and(ops.equal(prompt, EOS_ID), generated), axis=1)
-        logits = ops.where(finished[:, None], forced_pad, logits)
+        logits = pad_finished_rows(logits, prompt, row_mask, index, forced_pad, positions)
         return logits, hidden[:, 0], cache
 
     outputs = sampler(
@@ -151,6 +149,28 @@ def decode_with_sampler(
     pick = best[:, None, None]
     token_ids = ops.take_along_axis(generated, ops.repeat(pick, max_length, axis=2), axis=1)[:, 0]
     return token_ids, ops.take_along_axis(all_log_probs, best[:, None], axis=1)[:, 0]
+
+
+def pad_finished_rows(logits, sequence, mask, index, forced_pad, positions=None, eos_id=EOS_ID):
+    """Replace the logits of rows that already produced EOS by `forced_pad`.
+
+    Args:
+        logits: `(R, V)` float32 logits of column `index`.
+        sequence: `(R, S)` the sampler's token buffer.
+        mask: `(R, S)` bool, True on fixed (prompt) columns.
+        index: the column being predicted; columns before it are written.
+        forced_pad: `(1, V)` float32, 0 on the pad id and -1e9 elsewhere: a
+            point mass on padding (log-probability 0, so beams keep scores).
+        positions: optional `(1, S)` int32 column indices (`arange(S)`).
+        eos_id: the end-of-sequence id.
+
+    Returns `(R, V)` logits (static shapes; used under jit).
+    """
+    if positions is None:
+        positions = ops.arange(ops.shape(sequence)[1], dtype="int32")[None, :]
+    generated = ops.logical_and(ops.logical_not(mask), positions < index)
+    finished = ops.any(ops.logical_and(ops.equal(sequence, eos_id), generated), axis=1)
+    return ops.where(finished[:, None], forced_pad, logits)
 
 
 def compile_stateless(model, fn, extra_variables=()):

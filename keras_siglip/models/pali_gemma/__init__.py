@@ -1,1 +1,13 @@
 from keras_siglip.models.pali_gemma.pali_gemma_backbone import PaliGemmaBackbone, pali_gemma_parameter_count
+from keras_siglip.models.pali_gemma.pali_gemma_causal_lm import PaliGemmaCausalLM, PrefixLMLoss
+from keras_siglip.models.pali_gemma.pali_gemma_causal_lm_preprocessor import PaliGemmaCausalLMPreprocessor
+from keras_siglip.models.pali_gemma.pali_gemma_image_converter import PaliGemmaImageConverter
+from keras_siglip.models.pali_gemma.pali_gemma_outputs import Detections, detections_to_text, parse_detections
+from keras_siglip.models.pali_gemma.pali_gemma_tokenizer import PaliGemmaTokenizer
+from keras_siglip.models.pali_gemma.pali_gemma_segmentation import (
+    PaliGemmaMaskDecoder,
+    load_mask_decoder,
+    parse_segmentation,
+    parse_segmentation_tokens,
+    paste_mask,
+)

@@ -1,0 +1,129 @@
+"""KV-cached PaliGemma decoding with keras-hub samplers (static shapes, jit-friendly).
+
+Layout (big_vision `prefill_cache`, which right-aligns each example): a batch of
+prompts of different lengths is *left*-padded over the whole sequence, pads
+before the image,
+
+    row b:  [pad x (T - n_b)] [image x N] [BOS prompt "\\n" (n_b tokens)] [generated x G]
+
+so every row's prompt ends at the same cache slot `P = N + T` and each step
+writes one token at the same slot for all rows (one scalar cache index). RoPE
+sees only differences of positions, which padding before the image leaves
+unchanged, and padded slots are masked out as keys, so a row's logits equal
+those of the row decoded alone (Gemma 2's sliding window also depends on
+position differences only). Right padding would need a position per row.
+
+The cache `(B, layers, 2, P + G, K, head_dim)` is filled by one prefill call over
+image + prompt (bidirectional block: `ar_mask` 0); each loop step then feeds
+the token of column `index - 1` at slot `index - 1` (ar 1: causal) and its
+logits pick column `index`. The first step re-feeds the last prompt token (its
+key/value are rewritten with the same values) to get the logits of the first
+generated token, as keras-hub's `CausalLM` does.
+
+Stopping: the keras-hub sampler's `ops.while_loop` ends as soon as every row has
+produced EOS; a row that has finished earlier gets a point mass on the pad id
+(`pad_finished_rows`), so it keeps padding while the others continue.
+"""
+
+from keras import ops
+
+from keras_siglip.models.cappa.cappa_generation import pad_finished_rows
+
+
+def left_align(values, valid):
+    """Gather `(B, S, ...)` values so that each row's valid entries come last,
+    in order, pads first. `valid` `(B, S)`; returns `(values, valid)` gathered.
+
+    The order is an argsort of the unique keys `valid * S + j`, so it does not
+    depend on the backend's sort stability, and any padding side (or pads in
+    between) works.
+    """
+    valid = ops.cast(valid, "int32")
+    length = ops.shape(valid)[1]
+    keys = valid * length + ops.arange(length, dtype="int32")[None, :]
+    order = ops.cast(ops.argsort(keys, axis=1), "int32")
+    index = order
+    for _ in range(len(values.shape) - 2):
+        index = index[..., None]
+    if len(values.shape) > 2:
+        index = index * ops.ones((1, 1, *values.shape[2:]), "int32")
+    return ops.take_along_axis(values, index, axis=1), ops.take_along_axis(valid, order, axis=1)
+
+
+def prefill_inputs(backbone, images, token_ids, padding_mask):
+    """The left-aligned `[pads, image, prompt]` sequence of a prompt batch.
+
+    Args:
+        backbone: a `PaliGemmaBackbone`.
+        images: `(B, H, W, 3)` in [-1, 1].
+        token_ids, padding_mask: `(B, T)` prompts `[BOS] prefix "\\n"` (either
+            padding side); every row needs at least one real token.
+
+    Returns:
+        `(embeddings (B, N + T, D), token_ids (B, N + T), padding_mask (B, N + T))`:
+        image slots hold token id 0 in `token_ids`.
+    """
+    decoder = backbone.decoder
+    image_tokens = backbone.vit(images)
+    text = decoder.embed(token_ids)
+    embeddings = ops.concatenate([ops.cast(image_tokens, text.dtype), text], axis=1)
+    batch = ops.shape(token_ids)[0]
+    image_valid = ops.ones((batch, backbone.num_image_tokens), "int32")
+    valid = ops.concatenate([image_valid, ops.cast(padding_mask, "int32")], axis=1)
+    ids = ops.concatenate([ops.zeros_like(image_valid), ops.cast(token_ids, "int32")], axis=1)
+    embeddings, _ = left_align(embeddings, valid)
+    ids, valid = left_align(ids, valid)
+    return embeddings, ids, valid
+
+
+def generate_with_cache(
+    backbone, images, token_ids, padding_mask, sampler, max_new_tokens, eos_id=1, pad_id=0,
+    model=None,
+):
+    """Generate `max_new_tokens` tokens after each prompt.
+
+    Args:
+        backbone: a `PaliGemmaBackbone`.
+        images: `(B, H, W, 3)` in [-1, 1].
+        token_ids, padding_mask: `(B, T)` int prompts `[BOS] prefix "\\n"`.
+        sampler: a keras-hub sampler (`cappa_generation.make_sampler`; greedy
+            or sampling).
+        max_new_tokens: G, generated positions.
+        eos_id, pad_id: EOS stops a row; finished rows are padded with `pad_id`.
+        model: the model holding the backbone (the sampler maps its variables
+            on JAX).
+
+    Returns:
+        `(B, G)` int32: the generated tokens, EOS kept, `pad_id` after it.
+    """
+    decoder = backbone.decoder
+    embeddings, prompt_ids, valid = prefill_inputs(backbone, images, token_ids, padding_mask)
+    batch = ops.shape(prompt_ids)[0]
+    prompt_length = embeddings.shape[1]
+    total = prompt_length + max_new_tokens
+    new = (batch, max_new_tokens)
+    padding = ops.concatenate([valid, ops.ones(new, "int32")], axis=1)
+    ar_mask = ops.concatenate([ops.zeros_like(valid), ops.ones(new, "int32")], axis=1)
+    cache = decoder.initial_cache(batch, total)
+    _, _, cache = decoder.call_with_cache(embeddings, cache, 0, padding, ar_mask)
+
+    sequence = ops.concatenate([prompt_ids, ops.full(new, pad_id, "int32")], axis=1)
+    mask = ops.concatenate([ops.ones((batch, prompt_length), "bool"), ops.zeros(new, "bool")], axis=1)
+    positions = ops.arange(total, dtype="int32")[None, :]
+    vocabulary = ops.arange(decoder.vocabulary_size, dtype="int32")
+    forced_pad = ops.where(ops.equal(vocabulary, pad_id), 0.0, -1e9)[None, :]
+
+    def next(sequence, cache, index):
+        rows = ops.shape(sequence)[0]
+        token = ops.slice(sequence, (0, index - 1), (rows, 1))
+        logits, hidden, cache = decoder.call_with_cache(
+            decoder.embed(token), cache, index - 1, padding, ar_mask
+        )
+        logits = ops.cast(logits[:, 0], "float32")
+        logits = pad_finished_rows(logits, sequence, mask, index, forced_pad, positions, eos_id)
+        return logits, hidden[:, 0], cache
+
+    outputs = sampler(
+        next, sequence, cache=cache, index=prompt_length, mask=mask, stop_token_ids=(eos_id,), model=model
+    )
+    return outputs[:, prompt_length:]
