@@ -6,3 +6,4 @@ from keras_siglip.losses.sigmoid import (
     sigmoid_labels,
     sigmoid_loss_from_embeddings,
 )
+from keras_siglip.losses.softmax import softmax_loss_from_embeddings, softmax_loss_from_logits

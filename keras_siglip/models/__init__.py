@@ -15,6 +15,11 @@ from keras_siglip.models.pali_gemma import (
     PaliGemmaTokenizer,
     pali_gemma_parameter_count,
 )
+from keras_siglip.models.three_towers import (
+    ThreeTowersBackbone,
+    precompute_third_tower_embeddings,
+    three_towers_loss,
+)
 from keras_siglip.models.siglip import (
     SigLIPBackbone,
     SigLIPImageClassifier,
