@@ -176,3 +176,22 @@ def test_a_siglip_checkpoint_is_not_a_cappa_one(tmp_path):
                       "params/txt/Embed_0/embedding": np.zeros((10, 8), "float32")})
     with pytest.raises(ValueError, match="not a big_vision CapPa checkpoint"):
         read_cappa(path)
+
+
+def test_convert_routes_a_cappa_checkpoint_to_a_cappa_preset(tmp_path):
+    from keras_siglip import convert
+    from keras_siglip.models import CapPaBackbone
+
+    rng = np.random.default_rng(3)
+    tree = random_tree(rng, decoder_bias=True, masked_pred=True)
+    path = tmp_path / "cappa.npz"
+    np.savez(path, **{f"params/{k}": v for k, v in scanned(tree).items()})
+    assert convert.detect_model(path) == "cappa"
+    convert.convert(path, tmp_path / "preset", progress=False)
+    model = CapPaBackbone.from_preset(str(tmp_path / "preset"))
+    images = rng.uniform(-1, 1, (2, SIDE, SIDE, C)).astype("float32")
+    tokens = rng.integers(1, V, (2, L)).astype("int32")
+    got = ops.convert_to_numpy(model({"images": images, "token_ids": tokens}))
+    np.testing.assert_allclose(got, reference_logits(tree, images, tokens), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="tokenizer"):
+        convert.convert(path, tmp_path / "other", tokenizer=str(path), progress=False)
