@@ -56,6 +56,16 @@ def cmd_presets(args):
         if args.verbose:
             for where, source in card["sources"].items():
                 print(f"      {where:12s} {source}")
+    from keras_siglip.presets import pali_gemma_presets
+
+    print("PaliGemma 1 / 2 checkpoints (architecture cards: PaliGemmaBackbone.from_preset(name, "
+          "load_weights=False); weights: keras-siglip convert the Hugging Face folder):")
+    for name, card in pali_gemma_presets().items():
+        meta = card["metadata"]
+        print(f"  {name:34s} {meta['params']:>13,} params  {meta['description']}")
+        if args.verbose:
+            for where, source in card["sources"].items():
+                print(f"      {where:12s} {source}")
     print("Recipes (architecture cards; no weights were published; load_weights=False):")
     for name, card in recipe_presets().items():
         meta = card["metadata"]

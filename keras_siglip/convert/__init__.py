@@ -4,7 +4,7 @@
     convert.convert("siglip2_b16_naflex.npz", "presets/b16_naflex")   # big_vision
     convert.convert("hf_folder/", "presets/b16")                       # transformers
     convert.convert("kaggle_download/", "presets/b16_kh")              # keras-hub
-    convert.convert("paligemma_folder/", "presets/pg")                 # HF PaliGemma 1 / 2
+    convert.convert("paligemma_folder/", "presets/pg")                 # HF PaliGemma 1 / 2 (+ tokenizer)
     convert.convert("pt_224.npz", "presets/pg224")                     # big_vision PaliGemma
     backbone = SigLIPBackbone.from_preset("hf_folder/")   # converts on the fly (cached)
 
@@ -146,18 +146,27 @@ def convert(source, destination, config=None, tokenizer=None, progress=True):
         config: big_vision only: a published preset name or a card config dict
             giving (or checking) the architecture.
         tokenizer: a SentencePiece model file to bundle when the source has
-            none (big_vision files): the T5 / mT5 / Gemma model of the vocabulary.
+            none (big_vision SigLIP files): the T5 / mT5 / Gemma model of the
+            vocabulary. PaliGemma tokenizers come from the HF folder's
+            `tokenizer.model`.
 
     Returns:
         The destination path. The preset holds the backbone (`SigLIPBackbone`,
-        `PaliGemmaBackbone` or `CapPaBackbone`, as `detect_model` says) and, for
-        SigLIP when the source has a tokenizer, a `SigLIPPreprocessor`.
+        `PaliGemmaBackbone` or `CapPaBackbone`, as `detect_model` says) and,
+        when the source has a tokenizer (or one is given), a preprocessor:
+        `SigLIPPreprocessor` for SigLIP; for PaliGemma a `PaliGemmaTokenizer`
+        in a `PaliGemmaCausalLMPreprocessor` (with a `PaliGemmaImageConverter`
+        at the model's `image_size`), so `PaliGemmaCausalLM.from_preset`
+        loads the folder whole. A PaliGemma source without a tokenizer (a
+        big_vision file, an HF folder without `tokenizer.model`) gives a
+        backbone-only preset (`PaliGemmaCausalLM.from_preset(dst, preprocessor=None)`).
     """
     model = detect_model(source)
     if tokenizer is not None and model != "siglip":
         raise ValueError(
             f"{source} holds a {model} model; bundling a tokenizer is supported for SigLIP checkpoints "
-            "only (the preset is written with the backbone alone)."
+            "only (a Hugging Face PaliGemma folder brings its own tokenizer.model; otherwise the preset "
+            "is written with the backbone alone)."
         )
     checkpoint = read_checkpoint(source, config=config, progress=progress)
     if tokenizer is not None:
@@ -194,12 +203,17 @@ def write_preset(backbone, checkpoint, destination):
 
 
 def make_preprocessor(checkpoint, backbone):
-    """The `SigLIPPreprocessor` a checkpoint implies, or None without a tokenizer."""
+    """The preprocessor a checkpoint implies (`SigLIPPreprocessor`, or
+    `PaliGemmaCausalLMPreprocessor` for a `PaliGemmaBackbone`), or None
+    without a tokenizer."""
     from keras_siglip.layers import NaFlexImageConverter
     from keras_siglip.models import SigLIPImageConverter, SigLIPPreprocessor, SigLIPTokenizer
+    from keras_siglip.models.pali_gemma import PaliGemmaBackbone
 
     if checkpoint.tokenizer is None:
         return None
+    if isinstance(backbone, PaliGemmaBackbone):
+        return _pali_gemma_preprocessor(checkpoint, backbone)
     tokenizer = SigLIPTokenizer(**checkpoint.tokenizer)
     image_converter = None
     if checkpoint.image_converter is not None:
@@ -209,6 +223,37 @@ def make_preprocessor(checkpoint, backbone):
     return SigLIPPreprocessor(
         tokenizer, image_converter, sequence_length=backbone.text_encoder.sequence_length
     )
+
+
+def _pali_gemma_preprocessor(checkpoint, backbone):
+    """`PaliGemmaCausalLMPreprocessor` (tokenizer + image converter) of a
+    PaliGemma checkpoint; a tokenizer that is not a PaliGemma vocabulary is
+    reported and left out (the backbone is still written)."""
+    import warnings
+
+    from keras_siglip.layers import NaFlexImageConverter
+    from keras_siglip.models.pali_gemma import (
+        PaliGemmaCausalLMPreprocessor, PaliGemmaImageConverter, PaliGemmaTokenizer,
+    )
+
+    try:
+        tokenizer = PaliGemmaTokenizer(checkpoint.tokenizer["proto"])
+    except ValueError as error:
+        warnings.warn(f"Writing the PaliGemma backbone without a preprocessor: its tokenizer.model is unusable: "
+                      f"{error}", stacklevel=3)
+        return None
+    if tokenizer.vocabulary_size() > backbone.vocabulary_size:
+        raise ValueError(
+            f"The tokenizer has {tokenizer.vocabulary_size()} pieces but the model only "
+            f"{backbone.vocabulary_size} token embeddings: they do not belong together."
+        )
+    if backbone.input_format == "naflex":
+        image_converter = NaFlexImageConverter(backbone.vit.patch_size, backbone.max_num_patches)
+    else:
+        name, kwargs = checkpoint.image_converter or ("PaliGemmaImageConverter", {})
+        kwargs = {"image_size": (backbone.image_size, backbone.image_size), **kwargs}
+        image_converter = PaliGemmaImageConverter(**kwargs)
+    return PaliGemmaCausalLMPreprocessor(tokenizer, image_converter)
 
 
 def cache_dir():

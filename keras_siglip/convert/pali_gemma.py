@@ -221,6 +221,9 @@ def read_pali_gemma(folder, sliding_window=None):
     `load_into` lists them as unexpected; absent ones show up as missing.
     `lm_head.weight` is skipped: the config ties it to the embedding
     (`tie_word_embeddings`, checked), as transformers does when loading.
+    The folder's `tokenizer.model` (Gemma SentencePiece + loc/seg tokens), if
+    present, becomes the checkpoint's `tokenizer` (`{"proto": bytes}`), and the
+    image preprocessing a `PaliGemmaImageConverter` at the model's `image_size`.
     """
     folder = os.fspath(folder)
     config_path = os.path.join(folder, "config.json")
@@ -256,8 +259,26 @@ def read_pali_gemma(folder, sliding_window=None):
         config=config,
         tensors=tensors,
         num_tensors=sum(len(rule.ours) for rule in present) + len(extra),
+        tokenizer=read_pali_gemma_tokenizer(folder),
+        image_converter=pali_gemma_image_converter(config),
         source=f"Hugging Face PaliGemmaForConditionalGeneration {folder}",
     )
+
+
+def read_pali_gemma_tokenizer(folder):
+    """`{"proto": bytes}` of an HF PaliGemma folder's `tokenizer.model`, or None."""
+    path = os.path.join(os.fspath(folder), "tokenizer.model")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return {"proto": f.read()}
+
+
+def pali_gemma_image_converter(config):
+    """`("PaliGemmaImageConverter", kwargs)` for a `PaliGemmaBackbone` config:
+    big_vision's preprocessing (bilinear resize to `image_size`, [-1, 1])."""
+    size = int(config["image_size"])
+    return "PaliGemmaImageConverter", {"image_size": (size, size)}
 
 
 def load_pali_gemma(folder, sliding_window=None, dtype=None, progress=False):

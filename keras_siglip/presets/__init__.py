@@ -197,6 +197,38 @@ def recipe_presets():
         for name, (family, description, config, source) in cards.items()
     }
 
+def pali_gemma_presets():
+    """Cards of the published PaliGemma 1 (3B) and PaliGemma 2 (3B, 10B, 28B)
+    pretrained checkpoints at 224, 448 and 896 px: name -> {"metadata",
+    "config", "sources"} (`PaliGemmaBackbone` config, parameter count, Hugging
+    Face / Kaggle / big_vision locations). `PaliGemmaBackbone.from_preset(name,
+    load_weights=False)` builds one with random weights; the weights are
+    converted from the sources (`keras-siglip convert`). Also importable as
+    `keras_siglip.presets.PALI_GEMMA_PRESETS`."""
+    from keras_siglip.models.pali_gemma.pali_gemma_presets import PALI_GEMMA_PRESETS
+
+    return PALI_GEMMA_PRESETS
+
+
+def list_presets():
+    """Every preset name this package knows, by section (what `keras-siglip
+    presets` prints): `{"shipped": {name: folder}, "published": SigLIP cards,
+    "pali_gemma": PaliGemma cards, "recipes": recipe cards}`."""
+    return {
+        "shipped": dict(SHIPPED_PRESETS),
+        "published": dict(PUBLISHED_PRESETS),
+        "pali_gemma": dict(pali_gemma_presets()),
+        "recipes": dict(recipe_presets()),
+    }
+
+
+def __getattr__(name):
+    # PALI_GEMMA_PRESETS is built on first use: the cards import the model package.
+    if name == "PALI_GEMMA_PRESETS":
+        return pali_gemma_presets()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Presets trained and shipped with the package: name -> folder beside this file.
 SHIPPED_PRESETS = {
     name: os.path.join(PRESETS_DIR, name)

@@ -8,7 +8,7 @@ from keras import ops
 from keras_hub.models import Task
 
 from keras_siglip.models.cappa.cappa_generation import compile_stateless, make_sampler
-from keras_siglip.models.pali_gemma.pali_gemma_backbone import PaliGemmaBackbone
+from keras_siglip.models.pali_gemma.pali_gemma_backbone import PaliGemmaBackbone, image_batch
 from keras_siglip.models.pali_gemma.pali_gemma_causal_lm_preprocessor import PaliGemmaCausalLMPreprocessor
 from keras_siglip.models.pali_gemma.pali_gemma_generation import generate_with_cache
 from keras_siglip.utils.preset import PresetMixin
@@ -104,12 +104,7 @@ class PaliGemmaCausalLM(PresetMixin, Task):
     def __init__(self, backbone, preprocessor=None, **kwargs):
         self.backbone = backbone
         self.preprocessor = preprocessor
-        inputs = {
-            "images": keras.Input(shape=(backbone.image_size, backbone.image_size, 3), name="images"),
-            "token_ids": keras.Input(shape=(None,), dtype="int32", name="token_ids"),
-            "padding_mask": keras.Input(shape=(None,), dtype="int32", name="padding_mask"),
-            "response_mask": keras.Input(shape=(None,), dtype="int32", name="response_mask"),
-        }
+        inputs = backbone.input  # {"images" or the NaFlex keys, "token_ids", "padding_mask", "response_mask"}
         super().__init__(inputs=inputs, outputs=backbone(inputs), **kwargs)
         # A plain namespace: Keras would track (and rewrap) a dict attribute.
         self._compiled_functions = types.SimpleNamespace(table={})
@@ -154,15 +149,15 @@ class PaliGemmaCausalLM(PresetMixin, Task):
             raise ValueError(f"padding_mask {padding_mask.shape} must match token_ids {token_ids.shape}.")
         if not padding_mask.any(axis=1).all():
             raise ValueError("Every prompt needs at least one token (the preprocessor adds BOS).")
-        if self.preprocessor is not None and self.preprocessor.image_converter is not None:
+        if self.preprocessor is not None and self.preprocessor.image_converter is not None and not isinstance(
+            images, dict  # model-ready NaFlex inputs
+        ):
             images = self.preprocessor.convert_images(images)
-        images = np.asarray(ops.convert_to_numpy(images), dtype="float32")
-        if images.ndim == 3:
-            images = images[None]
-        if len(images) != len(token_ids):
-            raise ValueError(f"{len(images)} images but {len(token_ids)} prompts.")
+        images, count = image_batch(images)  # images, or NaFlex patches
+        if count != len(token_ids):
+            raise ValueError(f"{count} images but {len(token_ids)} prompts.")
         convert = ops.convert_to_tensor
-        return (convert(images), convert(token_ids, "int32"), convert(padding_mask, "int32")), single
+        return (images, convert(token_ids, "int32"), convert(padding_mask, "int32")), single
 
     def generate(
         self,

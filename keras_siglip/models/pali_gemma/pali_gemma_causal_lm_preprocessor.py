@@ -54,7 +54,9 @@ class PaliGemmaCausalLMPreprocessor(PresetMixin, Preprocessor):
     Args:
         tokenizer: a `PaliGemmaTokenizer`.
         image_converter: a `PaliGemmaImageConverter` at the backbone's
-            `image_size` (resize, map [0, 255] to [-1, 1]).
+            `image_size` (resize, map [0, 255] to [-1, 1]); or, for a backbone
+            with `input_format="naflex"`, a `NaFlexImageConverter(patch_size,
+            max_num_patches)` (images of any size and aspect ratio -> patches).
         sequence_length: L, text positions the model sees (image tokens not
             counted).
 
@@ -67,7 +69,8 @@ class PaliGemmaCausalLMPreprocessor(PresetMixin, Preprocessor):
 
     Returns:
         `(x, y, sample_weight)`: `x = {"images": (B, H, W, 3) in [-1, 1],
-        "token_ids", "padding_mask", "response_mask": (B, L) int32}`,
+        "token_ids", "padding_mask", "response_mask": (B, L) int32}` (NaFlex:
+        `"patches"`, `"patch_coords"`, `"patch_mask"` instead of `"images"`),
         `y = (B, L)` next-token targets, `sample_weight = (B, L)` float32, 1 on
         the suffix targets and EOS. Works eagerly and inside `tf.data`.
     """
@@ -142,6 +145,13 @@ class PaliGemmaCausalLMPreprocessor(PresetMixin, Preprocessor):
             raise ValueError("This preprocessor has no image_converter; it cannot take images.")
         return self.image_converter(images)
 
+    def model_images(self, images):
+        """Raw images -> the model's image inputs: `{"images": ...}`, or the
+        NaFlex keys (`"patches"`, `"patch_mask"`, `"patch_coords"`) with a
+        `NaFlexImageConverter` (for `input_format="naflex"` backbones)."""
+        images = self.convert_images(images)
+        return dict(images) if isinstance(images, dict) else {"images": images}
+
     @staticmethod
     def _split(x, name):
         if not isinstance(x, dict):
@@ -186,7 +196,7 @@ class PaliGemmaCausalLMPreprocessor(PresetMixin, Preprocessor):
             outputs = {k: v[0] for k, v in outputs.items()}
             targets, weights = targets[0], weights[0]
         if x.get("images") is not None:
-            outputs["images"] = self.convert_images(x["images"])
+            outputs.update(self.model_images(x["images"]))
         return keras.utils.pack_x_y_sample_weight(outputs, targets, weights)
 
     @preprocessing_function
@@ -200,7 +210,7 @@ class PaliGemmaCausalLMPreprocessor(PresetMixin, Preprocessor):
         if single:
             outputs = {k: v[0] for k, v in outputs.items()}
         if x.get("images") is not None:
-            outputs["images"] = self.convert_images(x["images"])
+            outputs.update(self.model_images(x["images"]))
         return outputs
 
     def generate_postprocess(self, token_ids):

@@ -64,11 +64,9 @@ def prefill_inputs(backbone, images, token_ids, padding_mask):
         image slots hold token id 0 in `token_ids`.
     """
     decoder = backbone.decoder
-    image_tokens = backbone.vit(images)
+    image_tokens, image_valid = backbone.image_prefix(images)  # NaFlex: padding slots invalid
     text = decoder.embed(token_ids)
     embeddings = ops.concatenate([ops.cast(image_tokens, text.dtype), text], axis=1)
-    batch = ops.shape(token_ids)[0]
-    image_valid = ops.ones((batch, backbone.num_image_tokens), "int32")
     valid = ops.concatenate([image_valid, ops.cast(padding_mask, "int32")], axis=1)
     ids = ops.concatenate([ops.zeros_like(image_valid), ops.cast(token_ids, "int32")], axis=1)
     embeddings, _ = left_align(embeddings, valid)

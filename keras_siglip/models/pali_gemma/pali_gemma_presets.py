@@ -3,6 +3,11 @@
 Architecture only (like `keras_siglip.presets.PUBLISHED_PRESETS`): the
 `PaliGemmaBackbone` config, the parameter count computed from it, and where the
 weights live (Hugging Face, keras-hub on Kaggle, big_vision vanity names).
+Listed by `keras-siglip presets` and `keras_siglip.presets.list_presets()`;
+`PaliGemmaBackbone.from_preset(name, load_weights=False)` builds one with random
+weights (kwargs override the config, e.g. `input_format="naflex"`). No weights
+are shipped: convert the Hugging Face folder (`keras-siglip convert`, which also
+bundles its `tokenizer.model` as a `PaliGemmaCausalLMPreprocessor`).
 
 Choices where the references differ:
 - Sliding window: HF's Gemma 2 configs put a 4096-token window on the even
