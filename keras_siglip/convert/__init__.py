@@ -25,6 +25,9 @@ from keras_siglip.convert.big_vision import read_big_vision, write_big_vision
 from keras_siglip.convert.common import Checkpoint, CheckpointMismatch, build_backbone, load_into
 from keras_siglip.convert.huggingface import read_huggingface, write_huggingface
 from keras_siglip.convert.keras_hub import assign_weights, keras_hub_weights, read_keras_hub
+from keras_siglip.convert.keras_hub_pali_gemma import (
+    is_keras_hub_pali_gemma, load_keras_hub_pali_gemma, read_keras_hub_pali_gemma,
+)
 from keras_siglip.convert.cappa import read_cappa
 from keras_siglip.convert.pali_gemma import (
     load_pali_gemma, load_pali_gemma_big_vision, read_pali_gemma, read_pali_gemma_big_vision,
@@ -105,7 +108,7 @@ def detect_model(source):
         with open(os.path.join(os.fspath(source), "config.json")) as f:
             return _HF_MODEL_TYPES[json.load(f).get("model_type")]
     if kind == "keras_hub":
-        return "siglip"
+        return "pali_gemma" if is_keras_hub_pali_gemma(source) else "siglip"
     raise ValueError(f"{source} is already a keras_siglip preset; load it with from_preset.")
 
 
@@ -133,6 +136,8 @@ def read_checkpoint(source, config=None, progress=True):
             return read_pali_gemma(source)
         return read_huggingface(source, progress=progress)
     if kind == "keras_hub":
+        if is_keras_hub_pali_gemma(source):
+            return read_keras_hub_pali_gemma(source)
         return read_keras_hub(source, progress=progress)
     raise ValueError(f"{source} is already a keras_siglip preset; load it with from_preset.")
 
@@ -316,7 +321,7 @@ def _download(uri):
 __all__ = [
     "Checkpoint", "CheckpointMismatch", "FORMATS", "MODELS", "assign_weights", "build_backbone", "cache_dir",
     "convert", "detect_format", "detect_model", "keras_hub_weights", "load_into", "load_pali_gemma",
-    "load_pali_gemma_big_vision", "make_preprocessor", "read_big_vision", "read_cappa", "read_checkpoint",
+    "load_keras_hub_pali_gemma", "load_pali_gemma_big_vision", "make_preprocessor", "read_big_vision", "read_cappa", "read_checkpoint", "read_keras_hub_pali_gemma",
     "read_huggingface", "read_keras_hub", "read_pali_gemma", "read_pali_gemma_big_vision", "resolve_preset",
     "write_big_vision", "write_huggingface", "write_pali_gemma_big_vision", "write_preset",
 ]
