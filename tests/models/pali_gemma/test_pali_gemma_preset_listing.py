@@ -133,3 +133,10 @@ def test_folder_without_tokenizer_gives_a_backbone_preset(hf_folder, tmp_path):
     with pytest.raises(ValueError, match="tokenizer is supported for SigLIP"):
         convert(bare, str(tmp_path / "pg_tok"), tokenizer=os.path.join(folder, "tokenizer.model"), progress=False)
     assert not (tmp_path / "pg_tok").exists()
+
+
+def test_the_task_names_a_card_clearly():
+    from keras_siglip.models import PaliGemmaCausalLM
+
+    with pytest.raises(ValueError, match="architecture card.*keras-siglip convert"):
+        PaliGemmaCausalLM.from_preset("paligemma2_3b_pt_224")
