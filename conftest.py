@@ -1,0 +1,17 @@
+"""Shared by tests/ and integration_tests/: runs before any framework is imported."""
+
+import os
+
+# Under pytest-xdist every worker gets an equal share of the cores. Thread pools
+# sized for the whole machine (torch's OpenMP, TensorFlow's, XLA's Eigen pool) in
+# each of several workers fight over the same cores and slow every test down; the
+# guides run as subprocesses and inherit the same limits.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    _threads = str(max(1, (os.cpu_count() or 1) // _workers))
+    for _name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(_name, _threads)
+    if _threads == "1":
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        ).strip()
