@@ -39,6 +39,7 @@ The key/value cache follows keras-hub: `(B, num_layers, 2, S, K, head_dim)`,
 keys then values, one `(B, 2, S, K, head_dim)` slice per layer.
 """
 
+import functools
 import math
 
 import keras
@@ -387,6 +388,8 @@ class GemmaDecoder(keras.layers.Layer):
             Gemma 2's local window on the even layers (HF: 4096).
         rope_max_wavelength: RoPE base (10,000).
         dropout: blocks' dropout, training only.
+        remat: rematerialise each block in the backward pass (`keras.remat`):
+            only the block inputs are kept for it, the rest is recomputed.
 
     Call args:
         embeddings: `(B, L, D)` inputs (`embed(token_ids)` for text; PaliGemma
@@ -416,9 +419,11 @@ class GemmaDecoder(keras.layers.Layer):
         sliding_window=None,
         rope_max_wavelength=ROPE_MAX_WAVELENGTH,
         dropout=0.0,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.remat = bool(remat)
         self.vocabulary_size = vocabulary_size
         self.num_layers = num_layers
         self.num_query_heads = num_query_heads
@@ -492,7 +497,9 @@ class GemmaDecoder(keras.layers.Layer):
         full, local = self._masks(padding_mask, ar_mask)
         x = embeddings
         for i, block in enumerate(self.blocks):
-            x = block(x, attention_mask=local if self.is_sliding(i) else full, training=training)
+            # The mask is closed over: TensorFlow's `recompute_grad` takes tensors positionally only.
+            step = functools.partial(block, attention_mask=local if self.is_sliding(i) else full, training=training)
+            x = keras.remat(step)(x) if self.remat else step(x)
         return self.final_norm(x)
 
     def initial_cache(self, batch_size, length, dtype=None):
@@ -550,6 +557,7 @@ class GemmaDecoder(keras.layers.Layer):
             sliding_window=self.sliding_window,
             rope_max_wavelength=self.rope_max_wavelength,
             dropout=self.dropout,
+            remat=self.remat,
         )
         return config
 

@@ -48,7 +48,7 @@ class PaliGemmaBackbone(PresetMixin, Backbone):
         vit_patch_size, vit_hidden_dim, vit_num_layers, vit_num_heads,
         vit_intermediate_dim: image tower sizes (So400m/14 by default).
         dropout: the decoder's dropout, training only.
-        remat: rematerialise the image tower's blocks in the backward pass.
+        remat: rematerialise every ViT and Gemma block in the backward pass.
         input_format: `"images"` (fixed resolution, as released) or `"naflex"`
             (NaFlex patches; as `CapPaBackbone`'s `input_format`). With
             NaFlex, `image_size // vit_patch_size` is the learned position
@@ -151,7 +151,7 @@ class PaliGemmaBackbone(PresetMixin, Backbone):
             sliding_window=sliding_window,
             dropout=float(dropout),
         )
-        self.decoder = GemmaDecoder(vocabulary_size, **decoder_config, name="gemma", dtype=dtype)
+        self.decoder = GemmaDecoder(vocabulary_size, **decoder_config, remat=remat, name="gemma", dtype=dtype)
         self.vit.build((None, image_size, image_size, 3))
         self.decoder.build()
         self.input_format = input_format
