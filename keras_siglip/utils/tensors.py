@@ -41,3 +41,23 @@ def check_token_ids(token_ids, vocabulary_size):
             f"vocabulary; got values in [{low}, {high}]. Was the text tokenized "
             "with another model's tokenizer?"
         )
+
+
+class ArrayChecksMixin:
+    """Calls `self._check_arrays(x)` before `fit`, `evaluate` and `predict`.
+
+    Compiled steps cannot raise on values, so in-memory inputs are checked up
+    front (e.g. out-of-vocabulary token ids fail clearly instead of being
+    clamped by the embedding lookup). The model defines `_check_arrays`."""
+
+    def fit(self, x=None, *args, **kwargs):
+        self._check_arrays(x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self._check_arrays(x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self._check_arrays(x)
+        return super().predict(x, *args, **kwargs)

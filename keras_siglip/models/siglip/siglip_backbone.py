@@ -10,11 +10,11 @@ from keras_siglip.metrics import mean_pair_logits
 from keras_siglip.optimizers import SigLIPAdamW
 from keras_siglip.models.siglip.siglip_vision_encoder import image_inputs
 from keras_siglip.utils.preset import PresetMixin
-from keras_siglip.utils.tensors import check_token_ids
+from keras_siglip.utils.tensors import ArrayChecksMixin, check_token_ids
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class SigLIPBackbone(PresetMixin, Backbone):
+class SigLIPBackbone(ArrayChecksMixin, PresetMixin, Backbone):
     """SigLIP / SigLIP 2 two-tower model.
 
     Args:
@@ -154,18 +154,6 @@ class SigLIPBackbone(PresetMixin, Backbone):
         # so out-of-vocabulary ids fail clearly instead of being clamped.
         if isinstance(x, dict) and x.get("token_ids") is not None:
             check_token_ids(x["token_ids"], self.text_encoder.vocabulary_size)
-
-    def fit(self, x=None, *args, **kwargs):
-        self._check_arrays(x)
-        return super().fit(x, *args, **kwargs)
-
-    def evaluate(self, x=None, *args, **kwargs):
-        self._check_arrays(x)
-        return super().evaluate(x, *args, **kwargs)
-
-    def predict(self, x, *args, **kwargs):
-        self._check_arrays(x)
-        return super().predict(x, *args, **kwargs)
 
     def compile(self, optimizer="auto", loss="auto", total_steps=None, **kwargs):
         """Defaults as in the SigLIP papers: `SigLIPAdamW` (lr 1e-3, decoupled

@@ -58,7 +58,7 @@ from keras_siglip.losses.softmax import softmax_loss_from_logits
 from keras_siglip.models.siglip.siglip_vision_encoder import image_inputs
 from keras_siglip.optimizers import SigLIPAdamW
 from keras_siglip.utils.preset import PresetMixin
-from keras_siglip.utils.tensors import check_token_ids
+from keras_siglip.utils.tensors import ArrayChecksMixin, check_token_ids
 
 LOSS_TYPES = ("sigmoid", "softmax")
 THIRD_TOWER_INPUTS = ("images", "third_tower_images", "third_tower_embeddings")
@@ -186,7 +186,7 @@ class FrozenTower(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class ThreeTowersBackbone(PresetMixin, Backbone):
+class ThreeTowersBackbone(ArrayChecksMixin, PresetMixin, Backbone):
     """Three Towers (3T): trainable image and text towers plus a frozen third tower.
 
     Args:
@@ -420,18 +420,6 @@ class ThreeTowersBackbone(PresetMixin, Backbone):
         self._check_inputs(x)
         if isinstance(x, dict) and x.get("token_ids") is not None:
             check_token_ids(x["token_ids"], self.text_encoder.vocabulary_size)
-
-    def fit(self, x=None, *args, **kwargs):
-        self._check_arrays(x)
-        return super().fit(x, *args, **kwargs)
-
-    def evaluate(self, x=None, *args, **kwargs):
-        self._check_arrays(x)
-        return super().evaluate(x, *args, **kwargs)
-
-    def predict(self, x, *args, **kwargs):
-        self._check_arrays(x)
-        return super().predict(x, *args, **kwargs)
 
     def compile(self, optimizer="auto", total_steps=None, **kwargs):
         """Defaults as `SigLIPBackbone.compile`: `SigLIPAdamW` (with
