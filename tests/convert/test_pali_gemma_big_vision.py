@@ -30,12 +30,11 @@ from keras_siglip.convert.pali_gemma import (  # noqa: E402
     write_pali_gemma_big_vision,
 )
 
+from tests.models.pali_gemma.test_pali_gemma import (  # noqa: E402  the same tiny HF models' layout
+    IMAGE_SIZE, IMAGE_TOKEN, NUM_IMAGE_TOKENS, PATCH, TEXT_LENGTH, VOCAB, hf_text_logits, make_inputs,
+)
+
 ATOL = 1e-5
-VOCAB = 300
-IMAGE_TOKEN = VOCAB - 1
-IMAGE_SIZE, PATCH = 16, 4
-NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH) ** 2
-TEXT_LENGTH = 10
 
 VISION = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=48, num_hidden_layers=2,
               num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH, vision_use_head=False)
@@ -141,34 +140,6 @@ def hf_to_big_vision(model, scan=True):
         for i, layer in enumerate(llm_layers):
             tree.update({f"llm/layers/{i}/{leaf}": x for leaf, x in layer.items()})
     return {f"params/{key}": value for key, value in tree.items()}
-
-
-def make_inputs(seed, prefix_lengths=(4, 6), suffix_lengths=(4, 2)):
-    rng = np.random.default_rng(seed)
-    batch = len(prefix_lengths)
-    token_ids = rng.integers(3, IMAGE_TOKEN, (batch, TEXT_LENGTH)).astype("int32")
-    padding_mask = np.zeros((batch, TEXT_LENGTH), "int32")
-    response_mask = np.zeros((batch, TEXT_LENGTH), "int32")
-    for row, (prefix, suffix) in enumerate(zip(prefix_lengths, suffix_lengths)):
-        padding_mask[row, : prefix + suffix] = 1
-        response_mask[row, prefix:] = 1
-        token_ids[row, prefix + suffix:] = 0
-    images = rng.uniform(-1, 1, (batch, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
-    return dict(images=images, token_ids=token_ids, padding_mask=padding_mask, response_mask=response_mask)
-
-
-def hf_text_logits(model, inputs):
-    batch = len(inputs["token_ids"])
-    image = np.ones((batch, NUM_IMAGE_TOKENS), "int64")
-    ids = np.concatenate([IMAGE_TOKEN * image, inputs["token_ids"]], axis=1)
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.from_numpy(ids),
-            pixel_values=torch.from_numpy(inputs["images"].transpose(0, 3, 1, 2).copy()),
-            attention_mask=torch.from_numpy(np.concatenate([image, inputs["padding_mask"]], axis=1)),
-            token_type_ids=torch.from_numpy(np.concatenate([0 * image, inputs["response_mask"]], axis=1)),
-        )
-    return out.logits.numpy()[:, NUM_IMAGE_TOKENS:]
 
 
 def real_difference(backbone, model, inputs):
