@@ -77,7 +77,9 @@ def uncached_greedy(backbone, images, prompt, mask, steps):
     """Greedy decoding without a cache: the whole forward recomputed each step.
 
     Rows keep their tokens right-padded in one fixed `(B, T + steps)` shape
-    (padding is masked out as keys): one compiled forward serves every step."""
+    (padding is masked out as keys): one compiled forward serves every step.
+    `images`: an image batch, or a dict of NaFlex patch inputs."""
+    images = images if isinstance(images, dict) else {"images": images}
     forward = compile_stateless(backbone, backbone)
     lengths = mask.sum(axis=1)
     width = prompt.shape[1] + steps
@@ -88,7 +90,7 @@ def uncached_greedy(backbone, images, prompt, mask, steps):
     out = np.zeros((len(prompt), steps), "int32")
     for step in range(steps):
         n = lengths + step
-        inputs = dict(images=images, token_ids=ids, padding_mask=(positions < n[:, None]).astype("int32"),
+        inputs = dict(images, token_ids=ids, padding_mask=(positions < n[:, None]).astype("int32"),
                       response_mask=(positions >= lengths[:, None]).astype("int32"))
         logits = numpy(forward({k: ops.convert_to_tensor(v) for k, v in inputs.items()}))
         token = np.where(done, PAD, logits[np.arange(len(prompt)), n - 1].argmax(-1))

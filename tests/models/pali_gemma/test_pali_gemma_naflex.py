@@ -24,6 +24,7 @@ from keras_siglip.models.pali_gemma import (
     PaliGemmaCausalLMPreprocessor,
     PaliGemmaTokenizer,
 )
+from tests.models.pali_gemma.test_pali_gemma_causal_lm import uncached_greedy
 
 ATOL = 1e-5
 VOCAB = 64
@@ -172,28 +173,6 @@ def prompts(lengths, seed):
         ids[row, 0] = BOS
         ids[row, 1:n] = rng.integers(3, VOCAB, n - 1)
     return ids, (np.arange(max(lengths))[None] < np.array(lengths)[:, None]).astype("int32")
-
-
-def uncached_greedy(backbone, images, prompt, mask, steps):
-    """Greedy decoding recomputing the whole forward at every step."""
-    forward = compile_stateless(backbone, backbone)
-    lengths = mask.sum(axis=1)
-    width = prompt.shape[1] + steps
-    ids = np.zeros((len(prompt), width), "int32")
-    ids[:, : prompt.shape[1]] = prompt * mask
-    positions = np.arange(width)[None, :]
-    done = np.zeros(len(prompt), bool)
-    out = np.zeros((len(prompt), steps), "int32")
-    for step in range(steps):
-        n = lengths + step
-        inputs = dict(images, token_ids=ids, padding_mask=(positions < n[:, None]).astype("int32"),
-                      response_mask=(positions >= lengths[:, None]).astype("int32"))
-        logits = numpy(forward({k: ops.convert_to_tensor(v) for k, v in inputs.items()}))
-        token = np.where(done, PAD, logits[np.arange(len(prompt)), n - 1].argmax(-1))
-        ids[np.arange(len(prompt)), n] = token
-        out[:, step] = token
-        done |= token == EOS
-    return out
 
 
 def test_cached_batched_generation_equals_uncached_one_by_one(naflex):
