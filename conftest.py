@@ -11,7 +11,5 @@ if _workers > 1:
     _threads = str(max(1, (os.cpu_count() or 1) // _workers))
     for _name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         os.environ.setdefault(_name, _threads)
-    if _threads == "1":
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-        ).strip()
+    if _threads == "1":  # XLA:CPU's Eigen pool (flags only: a bare word ends XLA's flag parsing)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
