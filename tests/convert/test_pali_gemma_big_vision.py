@@ -33,11 +33,10 @@ from keras_siglip.convert.pali_gemma import (  # noqa: E402
 from tests.models.pali_gemma.test_pali_gemma import (  # noqa: E402  the same tiny HF models' layout
     IMAGE_SIZE, IMAGE_TOKEN, NUM_IMAGE_TOKENS, PATCH, TEXT_LENGTH, VOCAB, hf_text_logits, make_inputs,
 )
+from tests.models.pali_gemma.test_pali_gemma import build_hf_pali_gemma as build_hf  # noqa: E402
 
 ATOL = 1e-5
 
-VISION = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-              num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH, vision_use_head=False)
 GEMMA_MQA = dict(model_type="gemma", vocab_size=VOCAB, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=1, head_dim=16)
 GEMMA_MHA = dict(GEMMA_MQA, num_key_value_heads=4)
@@ -46,19 +45,6 @@ GEMMA_2 = dict(GEMMA_MQA, model_type="gemma2", num_key_value_heads=2, sliding_wi
 GEMMA_2_OPTIONS = dict(attention_logit_soft_cap=3.0, final_logit_soft_cap=5.0, query_pre_attn_scalar=12)
 
 
-def build_hf(text, seed):
-    torch.manual_seed(seed)
-    config = transformers.PaliGemmaConfig(
-        vision_config=VISION, text_config=dict(text, pad_token_id=0, bos_token_id=2, eos_token_id=1),
-        projection_dim=text["hidden_size"], image_token_index=IMAGE_TOKEN, vocab_size=VOCAB,
-    )
-    config._attn_implementation = "eager"
-    model = transformers.PaliGemmaForConditionalGeneration(config).float().eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.1 * torch.randn(param.shape, generator=generator))
-    return model
 
 
 def _hf_tensors(model):
