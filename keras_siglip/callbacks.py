@@ -8,10 +8,12 @@ import uuid
 
 import keras
 
-from keras_siglip.utils.preset import atomic_file
+from keras_siglip.utils.atomic import atomic_file, remove_stale, writer_lock
 
 _STATE_PREFIX = "state-"
 _STATE_SUFFIX = ".weights.h5"
+_STATE_NAME = r"state-\d+-\d+-[0-9a-f]{8}\.weights\.h5"  # the weights files `_save_model` names
+_METADATA_NAME = r"training_metadata\.json"
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -27,7 +29,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
       and consistent. (Keras overwrites `latest.weights.h5` in place and then
       the metadata: a crash while writing the weights destroys the only
       backup, and one between the two writes pairs new weights with the old
-      epoch.)
+      epoch.) A backup holds `backup_dir`'s writer lock (see
+      `keras_siglip.utils.atomic`): two processes never back up into one
+      folder at once, and what a killed backup left (temporary files, a
+      weights file never committed) is removed by the next one.
     - Exact mid-epoch. With `save_freq=N` steps, resuming from a backup made
       in the middle of an epoch skips the steps of that epoch already trained
       (their batches are drawn and dropped without a train step), so with
@@ -127,17 +132,23 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         # Write-once weights files (a new name each time), committed by replacing
         # the metadata that names them; older ones are removed after the commit.
+        # The metadata's writer lock covers the whole backup, so while it is held
+        # every temporary in the folder is a killed backup's.
         name = f"{_STATE_PREFIX}{self._epoch}-{self._steps_done}-{uuid.uuid4().hex[:8]}{_STATE_SUFFIX}"
-        with atomic_file(os.path.join(self.backup_dir, name), suffix=_STATE_SUFFIX) as tmp:
-            self.model.save_weights(tmp, overwrite=True)
-        metadata = {"epoch": self._epoch, "step": self._steps_done, "weights": name}
-        with atomic_file(self._training_metadata_path) as tmp:
-            with open(tmp, "w") as f:
-                json.dump(metadata, f)
-        for path in glob.glob(os.path.join(self.backup_dir, f"*{_STATE_SUFFIX}")):
-            if os.path.basename(path) != name:
-                with contextlib.suppress(OSError):
-                    os.remove(path)
+        with writer_lock(self._training_metadata_path) as owner:
+            if owner:
+                remove_stale(self.backup_dir, _STATE_NAME, _STATE_SUFFIX)
+                remove_stale(self.backup_dir, _METADATA_NAME)
+            with atomic_file(os.path.join(self.backup_dir, name), suffix=_STATE_SUFFIX, lock=False) as tmp:
+                self.model.save_weights(tmp, overwrite=True)
+            metadata = {"epoch": self._epoch, "step": self._steps_done, "weights": name}
+            with atomic_file(self._training_metadata_path, lock=False) as tmp:
+                with open(tmp, "w") as f:
+                    json.dump(metadata, f)
+            for path in glob.glob(os.path.join(self.backup_dir, f"*{_STATE_SUFFIX}")):
+                if os.path.basename(path) != name:
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
 
 
 def _skip_step():
