@@ -13,3 +13,17 @@ if _workers > 1:
         os.environ.setdefault(_name, _threads)
     if _threads == "1":  # XLA:CPU's Eigen pool (flags only: a bare word ends XLA's flag parsing)
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+
+# Property-based (fuzz) tests: bounded and reproducible in CI; `HYPOTHESIS_PROFILE=dev`
+# explores more (random seeds, more examples).
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "ci", max_examples=40, deadline=None, derandomize=True, print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    settings.register_profile("dev", max_examples=300, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a test extra
+    pass

@@ -26,6 +26,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-xdist==3.8.0",
+            "hypothesis==6.170.15",
             "torch==2.13.0",
             "transformers==5.23.0",
         ],

@@ -20,6 +20,8 @@ from keras_hub.src.utils.tensor_utils import (
     in_tf_function,
 )
 
+from keras_siglip.utils.images import check_raw_images
+
 _EPS = 1e-5  # binary-search tolerance of HF and big_vision
 _MAX_SCALE = 100.0  # upper bound of the search: tiny images are upscaled at most x100
 
@@ -122,7 +124,15 @@ class NaFlexImageConverter(PreprocessingLayer):
     images of different sizes, or on a batch `(B, H, W, C)`. Images are uint8,
     or float with values in [0, 255]; C is 1 (grayscale), 3 (RGB) or 4 (RGBA).
     It runs inside `tf.data` (`dataset.map(converter)`, images of dynamic
-    shape) and eagerly on every backend, returning backend tensors.
+    shape) and eagerly on every backend, returning backend tensors. An empty
+    batch (or list) gives outputs with a leading axis of 0.
+
+    Input scale: called eagerly, it raises a ValueError on a float image whose
+    maximum lies in (0, 1] (a [0, 1] image would come out nearly black:
+    multiply by 255 or pass uint8), on values below 0 or above 255 (e.g. images
+    already preprocessed to [-1, 1], or 16-bit values) and on NaN / inf,
+    naming the image's index. Inside `tf.data` only dtype and shape are
+    checked (`keras_siglip.utils.images.check_raw_images`).
 
     Args:
         patch_size: int P.
@@ -154,6 +164,8 @@ class NaFlexImageConverter(PreprocessingLayer):
     def call(self, images, max_num_patches=None):
         n = self.max_num_patches if max_num_patches is None else _check_num_patches(max_num_patches)
         convert = functools.partial(self._convert, n=n)
+        if not in_tf_function():
+            check_raw_images(images, "NaFlexImageConverter")
         if isinstance(images, tf.RaggedTensor):  # a batch of sizes (e.g. from a preprocessor)
             if images.dtype.is_integer:
                 # keras-hub turns a list of uint8 arrays into an int32 ragged tensor.
@@ -179,9 +191,13 @@ class NaFlexImageConverter(PreprocessingLayer):
                 if images.shape.rank != 4:
                     return convert_preprocessing_outputs(convert(images))
             if len(images) == 0:
-                raise ValueError("NaFlexImageConverter got an empty list of images.")
+                return convert_preprocessing_outputs(self._empty_outputs(n))
             outputs = [convert(_as_tf(image)) for image in images]
             return convert_preprocessing_outputs({k: tf.stack([o[k] for o in outputs]) for k in outputs[0]})
+
+    def _empty_outputs(self, n):
+        """The outputs of an empty batch: every tensor with a leading axis of 0."""
+        return {k: tf.zeros([0, *spec.shape], spec.dtype) for k, spec in self._output_signature(n).items()}
 
     def _output_signature(self, n):
         spec = {

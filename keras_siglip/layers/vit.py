@@ -646,7 +646,10 @@ def image_grid_shapes(patch_coords, image_masks):
         `(B, S, 2)` int32; `(0, 0)` for an image without patches.
     """
     coords = ops.cast(patch_coords, "int32")[:, None] + 1  # (B, 1, N, 2)
-    return ops.max(ops.where(image_masks[..., None], coords, 0), axis=2)
+    masked = ops.where(image_masks[..., None], coords, 0)
+    if 0 in tuple(masked.shape):  # an empty batch: TF's and torch's max refuse empty tensors
+        return ops.zeros((*ops.shape(masked)[:2], 2), "int32")
+    return ops.max(masked, axis=2)
 
 
 # big_vision `decode_variant`: name -> (width, depth, mlp_dim, num_heads).

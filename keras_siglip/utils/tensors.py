@@ -1,5 +1,7 @@
 """Small backend-neutral tensor helpers."""
 
+import sys
+
 import keras
 import numpy as np
 
@@ -10,6 +12,13 @@ def concrete_numpy(x):
         return x
     if isinstance(x, keras.KerasTensor):
         return None
+    if "tensorflow" in sys.modules:  # tf.data hands TensorFlow tensors to every backend
+        import tensorflow as tf
+
+        if isinstance(x, (tf.RaggedTensor, tf.SparseTensor)):
+            return None
+        if isinstance(x, tf.Tensor):
+            return x.numpy() if tf.executing_eagerly() and hasattr(x, "numpy") else None
     backend = keras.config.backend()
     if backend == "jax":
         import jax
@@ -30,7 +39,12 @@ def concrete_numpy(x):
 
 
 def check_token_ids(token_ids, vocabulary_size):
-    """Raise if eager `token_ids` fall outside `[0, vocabulary_size)`."""
+    """Raise if eager `token_ids` are not integers or fall outside `[0, vocabulary_size)`."""
+    dtype = getattr(token_ids, "dtype", None)
+    if dtype is not None and not _is_integer_dtype(dtype):
+        # Keras' input cast would truncate 1.7 to 1 without a word.
+        raise ValueError(f"Token ids must be integers; got dtype {dtype}. Tokenize texts with the "
+                         "model's preprocessor, or cast integral ids to int32.")
     values = concrete_numpy(token_ids)
     if values is None or values.size == 0:
         return
@@ -43,21 +57,42 @@ def check_token_ids(token_ids, vocabulary_size):
         )
 
 
+def _is_integer_dtype(dtype):
+    return keras.backend.standardize_dtype(dtype).startswith(("int", "uint"))
+
+
 class ArrayChecksMixin:
     """Calls `self._check_arrays(x)` before `fit`, `evaluate` and `predict`.
 
     Compiled steps cannot raise on values, so in-memory inputs are checked up
     front (e.g. out-of-vocabulary token ids fail clearly instead of being
-    clamped by the embedding lookup). The model defines `_check_arrays`."""
+    clamped by the embedding lookup). The model defines `_check_arrays`.
+    In-memory inputs with 0 examples raise a ValueError on every backend
+    (Keras itself fails differently on each)."""
 
     def fit(self, x=None, *args, **kwargs):
+        _check_not_empty(x, "fit")
         self._check_arrays(x)
         return super().fit(x, *args, **kwargs)
 
     def evaluate(self, x=None, *args, **kwargs):
+        _check_not_empty(x, "evaluate")
         self._check_arrays(x)
         return super().evaluate(x, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):
+        _check_not_empty(x, "predict")
         self._check_arrays(x)
         return super().predict(x, *args, **kwargs)
+
+
+def _check_not_empty(x, method):
+    """Raise if an in-memory input (array, or dict / list of arrays) has 0 rows."""
+    leaves = keras.tree.flatten(x) if isinstance(x, (dict, list, tuple)) else [x]
+    for value in leaves:
+        shape = getattr(value, "shape", None)
+        if shape is not None and len(shape) > 0 and shape[0] == 0:
+            raise ValueError(
+                f"{method} got 0 examples (inputs of shape {tuple(shape)}); pass at least one "
+                "(an empty batch has nothing to compute)."
+            )

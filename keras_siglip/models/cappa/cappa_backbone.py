@@ -5,6 +5,7 @@ from keras_hub.models import Backbone
 from keras_siglip.layers.decoder import TextDecoder
 from keras_siglip.layers.vit import VisionTransformer
 from keras_siglip.models.siglip.siglip_vision_encoder import image_inputs
+from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 
 ENCODER_FORMATS = ("images", "naflex")
@@ -45,7 +46,9 @@ class ImageToTextMixin:
 
     def encode_images(self, images):
         """`(B, H, W, C)` images (or NaFlex inputs) -> `(B, N, width)` encoder
-        tokens for the decoder; see `encoder_mask` for NaFlex padding."""
+        tokens for the decoder; see `encoder_mask` for NaFlex padding. Eager
+        inputs are checked (`check_model_images`)."""
+        check_model_images(images, "encode_images")
         return self.vit(encoder_input(images), return_tokens=True)
 
     def encoder_mask(self, images):

@@ -15,6 +15,7 @@ from keras_siglip.models.cappa.cappa_generation import (
     make_sampler,
 )
 from keras_siglip.models.cappa.cappa_preprocessor import CapPaPreprocessor, strip_after_eos
+from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 
 
@@ -135,11 +136,13 @@ class CapPaCaptioner(PresetMixin, Task):
         """Raw images (with a preprocessor) or model-ready `(B, H, W, C)` (or
         NaFlex dict) -> encoder input tensor(s)."""
         if isinstance(images, dict):  # model-ready NaFlex inputs
+            check_model_images(images, "CapPaCaptioner")
             return {k: ops.convert_to_tensor(ops.convert_to_numpy(v)) for k, v in images.items()}
         if self.preprocessor is not None:
             images = self.preprocessor.convert_images(images)
             if isinstance(images, dict):
                 return self._image_batch(images)
+        check_model_images(images, "CapPaCaptioner")
         images = ops.convert_to_tensor(images, dtype="float32")
         return images[None] if len(images.shape) == 3 else images
 

@@ -28,6 +28,7 @@ from keras_siglip.layers.gemma import GemmaDecoder, gemma_parameter_count
 from keras_siglip.layers.vit import VisionTransformer
 from keras_siglip.models.cappa.cappa_backbone import ENCODER_FORMATS, encoder_input
 from keras_siglip.models.pali_gemma.pali_gemma_generation import left_align
+from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 from keras_siglip.utils.tensors import check_token_ids
 
@@ -299,6 +300,7 @@ class PaliGemmaBackbone(PresetMixin, Backbone):
                 f"images and token_ids disagree on the batch size: {images.shape[0]} vs {token_shape[0]}."
             )
         check_token_ids(inputs["token_ids"], self.vocabulary_size)
+        check_model_images(inputs, "PaliGemmaBackbone")
 
     def get_config(self):
         config = super().get_config()

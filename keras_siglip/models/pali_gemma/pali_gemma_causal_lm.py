@@ -11,6 +11,7 @@ from keras_siglip.models.cappa.cappa_generation import compile_stateless, make_s
 from keras_siglip.models.pali_gemma.pali_gemma_backbone import PaliGemmaBackbone, image_batch
 from keras_siglip.models.pali_gemma.pali_gemma_causal_lm_preprocessor import PaliGemmaCausalLMPreprocessor
 from keras_siglip.models.pali_gemma.pali_gemma_generation import generate_with_cache
+from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 
 PAD_ID = 0
@@ -169,6 +170,7 @@ class PaliGemmaCausalLM(PresetMixin, Task):
         ):
             images = self.preprocessor.convert_images(images)
         images, count = image_batch(images)  # images, or NaFlex patches
+        check_model_images(images, "PaliGemmaCausalLM")
         if count != len(token_ids):
             raise ValueError(f"{count} images but {len(token_ids)} prompts.")
         convert = ops.convert_to_tensor

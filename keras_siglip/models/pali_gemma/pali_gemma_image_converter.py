@@ -10,6 +10,9 @@ class PaliGemmaImageConverter(SigLIPImageConverter):
 
     SigLIP's converter (squash resize, `x / 127.5 - 1`; bilinear without
     antialias is big_vision's `resize(RES)`), registered for PaliGemma presets.
+    Inputs are raw images, uint8 or float in [0, 255], checked as
+    `SigLIPImageConverter` checks them ([0, 1] floats, out-of-range values and
+    NaN / inf raise when called eagerly).
     """
 
     backbone_cls = PaliGemmaBackbone

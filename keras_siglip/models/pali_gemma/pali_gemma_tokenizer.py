@@ -13,6 +13,7 @@ import keras
 from keras_hub.tokenizers import SentencePieceTokenizer
 
 from keras_siglip.models.pali_gemma.pali_gemma_backbone import PaliGemmaBackbone
+from keras_siglip.models.siglip.siglip_tokenizer import check_texts
 from keras_siglip.utils.preset import PresetMixin
 
 NUM_LOC_TOKENS = 1024
@@ -67,6 +68,10 @@ class PaliGemmaTokenizer(PresetMixin, SentencePieceTokenizer):
                 "This SentencePiece model cannot encode the separator '\\n' (PaliGemma "
                 "tokenizes it as its own piece); train it with '\\n' as a user-defined symbol."
             )
+
+    def __call__(self, inputs, *args, **kwargs):
+        check_texts(inputs)
+        return super().__call__(inputs, *args, **kwargs)
 
     def tokenize(self, inputs):
         self._refresh_tf_tokenizer()

@@ -9,6 +9,7 @@ from keras_siglip.losses.sigmoid import SigmoidLoss, chunked_sigmoid_loss, sigmo
 from keras_siglip.metrics import mean_pair_logits
 from keras_siglip.optimizers import SigLIPAdamW
 from keras_siglip.models.siglip.siglip_vision_encoder import image_inputs
+from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 from keras_siglip.utils.tensors import ArrayChecksMixin, check_token_ids
 
@@ -142,18 +143,30 @@ class SigLIPBackbone(ArrayChecksMixin, PresetMixin, Backbone):
 
     def encode_images(self, images):
         """`(B, H, W, C)` preprocessed images (or the NaFlex / packed dict) ->
-        `(B, D)` (packed: `(B, S, D)`) L2-normalised embeddings."""
+        `(B, D)` (packed: `(B, S, D)`) L2-normalised embeddings.
+
+        Eager inputs are checked (`check_model_images`): integer (raw uint8)
+        images, values beyond +-1.5 and NaN / inf raise. An empty batch gives
+        `(0, D)` (packed: `(0, S, D)`)."""
+        check_model_images(images, "encode_images")
         return l2_normalize(self.vision_encoder(images))
 
     def encode_texts(self, token_ids):
         """`(B, L)` token ids -> `(B, D)` L2-normalised embeddings."""
         return l2_normalize(self.text_encoder(token_ids))
 
+    def __call__(self, inputs, *args, **kwargs):
+        if isinstance(inputs, dict) and inputs.get("token_ids") is not None:
+            check_token_ids(inputs["token_ids"], self.text_encoder.vocabulary_size)  # before Keras' cast
+        return super().__call__(inputs, *args, **kwargs)
+
     def _check_arrays(self, x):
         # Compiled steps cannot raise on values; check in-memory arrays up front
         # so out-of-vocabulary ids fail clearly instead of being clamped.
         if isinstance(x, dict) and x.get("token_ids") is not None:
             check_token_ids(x["token_ids"], self.text_encoder.vocabulary_size)
+        if isinstance(x, dict):
+            check_model_images(x, "SigLIPBackbone")
 
     def compile(self, optimizer="auto", loss="auto", total_steps=None, **kwargs):
         """Defaults as in the SigLIP papers: `SigLIPAdamW` (lr 1e-3, decoupled

@@ -1,7 +1,9 @@
 import keras
+import numpy as np
 from keras_hub.layers import ImageConverter
 
 from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
+from keras_siglip.utils.images import check_raw_images
 from keras_siglip.utils.preset import PresetMixin
 
 
@@ -12,7 +14,16 @@ class SigLIPImageConverter(PresetMixin, ImageConverter):
     Accepts `(H, W, 3)` or `(B, H, W, 3)` images of any size, uint8 or float
     with values in [0, 255], resized in float32 (no rounding back to uint8;
     big_vision truncates to uint8 after resizing: < 1 grey level apart). The aspect ratio is squashed, not cropped (as
-    big_vision `resize(RES)` and HF's processor do).
+    big_vision `resize(RES)` and HF's processor do). An empty batch (or list)
+    gives `(0, H, W, 3)`.
+
+    Input scale: called eagerly, it raises a ValueError on a float image whose
+    maximum lies in (0, 1] (a [0, 1] image would come out nearly black:
+    multiply by 255 or pass uint8), on values below 0 or above 255 (e.g. images
+    already preprocessed to [-1, 1], or 16-bit values), on NaN / inf (naming
+    the image's index) and on bool images. Inside `tf.data` or a traced
+    function only the dtype and shape are checked
+    (`keras_siglip.utils.images.check_raw_images`).
 
     Args:
         image_size: `(H, W)` output size.
@@ -45,6 +56,10 @@ class SigLIPImageConverter(PresetMixin, ImageConverter):
 
     def call(self, inputs):
         images = inputs["images"] if isinstance(inputs, dict) else inputs
+        if isinstance(images, (list, tuple)) and len(images) == 0:
+            images = np.zeros((0, 1, 1, 3), "float32")  # what an empty batch array gives
+            inputs = {**inputs, "images": images} if isinstance(inputs, dict) else images
+        check_raw_images(images, type(self).__name__)
         shape = getattr(images, "shape", None)
         if shape is not None and (len(shape) not in (3, 4) or shape[-1] != 3):
             raise ValueError(
@@ -52,6 +67,8 @@ class SigLIPImageConverter(PresetMixin, ImageConverter):
                 f"width, 3); got shape {tuple(shape)}. Convert grayscale or RGBA "
                 "images to RGB first."
             )
+        if shape is not None and 0 in tuple(shape)[-3:-1]:
+            raise ValueError(f"{type(self).__name__} got an empty image: shape {tuple(shape)}.")
         # Resize in float: uint8 inputs would otherwise be rounded after the
         # resize on some paths (eager) and not on others (tf.data).
         images = keras.ops.cast(images, "float32") if not self._use_tf_workflow() else _tf_float(images)

@@ -5,7 +5,7 @@ from keras_hub.src.utils.tensor_utils import preprocessing_function
 
 from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
 from keras_siglip.models.siglip.siglip_image_converter import SigLIPImageConverter
-from keras_siglip.models.siglip.siglip_tokenizer import SigLIPTokenizer
+from keras_siglip.models.siglip.siglip_tokenizer import SigLIPTokenizer, check_texts
 from keras_siglip.utils.preset import PresetMixin
 
 
@@ -27,6 +27,25 @@ def _is_text(x):
         )
     kind = getattr(dtype, "kind", None)  # numpy dtypes
     return str(dtype) in ("<dtype: 'string'>", "string") or (kind is not None and kind in "SUO")
+
+
+def _is_empty_batch(texts):
+    if isinstance(texts, (list, tuple)):
+        return len(texts) == 0
+    shape = getattr(texts, "shape", None)
+    return shape is not None and len(shape) == 1 and shape[0] == 0
+
+
+def _zeros(shape):
+    """int32 zeros: a TensorFlow tensor inside tf.data / keras-hub's TF
+    workflow, else a backend tensor."""
+    from keras_hub.src.utils.tensor_utils import in_tf_function
+
+    if in_tf_function():
+        import tensorflow as tf
+
+        return tf.zeros(shape, tf.int32)
+    return keras.ops.zeros(shape, "int32")
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -68,11 +87,22 @@ class SigLIPPreprocessor(PresetMixin, Preprocessor):
             )
         self.built = True
 
+    def __call__(self, x, *args, **kwargs):
+        # Before keras-hub converts the inputs to tensors (with foreign errors).
+        # Only the `texts` key: subclasses take other keys (boxes, prompts, ...).
+        texts = x.get("texts") if isinstance(x, dict) else (x if _is_text(x) else None)
+        if texts is not None or (isinstance(x, dict) and "texts" in x):
+            check_texts(texts)
+        return super().__call__(x, *args, **kwargs)
+
     def pack_texts(self, texts):
+        """Texts -> `(B, sequence_length)` int32 token ids (`(sequence_length,)` for one string)."""
         if self.tokenizer is None:
             raise ValueError("This preprocessor has no tokenizer; it cannot take texts.")
         if not self.built:
             self.build(None)
+        if _is_empty_batch(texts):  # the packer would take an empty batch for one empty text
+            return _zeros((0, self.sequence_length))
         return self.packer(self.tokenizer(texts), add_end_value=True)
 
     def convert_images(self, images):

@@ -3,6 +3,7 @@ from keras_hub.models import Backbone
 
 from keras_siglip.layers.text import TextTransformer
 from keras_siglip.utils.preset import PresetMixin
+from keras_siglip.utils.tensors import check_token_ids
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -57,6 +58,10 @@ class SigLIPTextEncoder(PresetMixin, Backbone):
             inputs=token_ids, outputs=self.transformer(token_ids), dtype=dtype, **kwargs
         )
         self.token_embedding = self.transformer.token_embedding
+
+    def __call__(self, token_ids, *args, **kwargs):
+        check_token_ids(token_ids, self.vocabulary_size)  # before Keras casts the input to int32
+        return super().__call__(token_ids, *args, **kwargs)
 
     @property
     def vocabulary_size(self):

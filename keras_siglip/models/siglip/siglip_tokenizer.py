@@ -37,6 +37,40 @@ def normalize_text_tf(text, lowercase=True, canonicalize=True):
     return text
 
 
+def check_texts(texts):
+    """Raise a clear error unless `texts` is one string or a flat batch of them.
+
+    Accepts `str` / UTF-8 `bytes`, a list or tuple of them, a 0-D / 1-D numpy
+    string array, or a TensorFlow string tensor (in `tf.data`). Anything else
+    (None, numbers, nested lists, invalid UTF-8) would otherwise fail deep in
+    TensorFlow or JAX with an unrelated message, or be tokenized as its repr.
+    """
+    if isinstance(texts, (str, bytes)):
+        items = [texts]
+    elif isinstance(texts, (list, tuple)):
+        items = texts
+    elif isinstance(texts, np.ndarray):
+        if texts.dtype.kind not in "USO" or texts.ndim > 1:
+            raise ValueError(f"Texts must be a string or a 1-D batch of strings; got an array of dtype "
+                             f"{texts.dtype} and shape {texts.shape}.")
+        items = texts.reshape(-1).tolist()
+    elif hasattr(texts, "dtype"):  # a tensor: only TensorFlow holds strings
+        if "string" not in str(texts.dtype) or len(getattr(texts, "shape", ())) > 1:
+            raise ValueError(f"Texts must be a string or a 1-D batch of strings; got a tensor of dtype "
+                             f"{texts.dtype} and shape {tuple(texts.shape)}.")
+        return
+    else:
+        raise ValueError(f"Texts must be a string or a list of strings; got {type(texts).__name__} {texts!r:.60}.")
+    for i, text in enumerate(items):
+        if isinstance(text, bytes):
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValueError(f"Text {i} is bytes that are not valid UTF-8: {text!r:.60}.") from None
+        elif not isinstance(text, str):
+            raise ValueError(f"Text {i} is {type(text).__name__} {text!r:.60}, not a string.")
+
+
 @keras.saving.register_keras_serializable(package="keras_siglip")
 class SigLIPTokenizer(PresetMixin, SentencePieceTokenizer):
     """SentencePiece tokenizer with SigLIP's text normalisation and special tokens.
@@ -84,6 +118,10 @@ class SigLIPTokenizer(PresetMixin, SentencePieceTokenizer):
             hard_vocab_limit=False, minloglevel=2,
         )
         return cls(model.getvalue(), pad_token=pad_token, **kwargs)
+
+    def __call__(self, inputs, *args, **kwargs):
+        check_texts(inputs)
+        return super().__call__(inputs, *args, **kwargs)
 
     def normalize(self, inputs):
         if self._use_tf_workflow():

@@ -2,11 +2,13 @@ import keras
 from keras_hub.models import Backbone
 
 from keras_siglip.layers.vit import VisionTransformer
+from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
+from keras_siglip.utils.tensors import ArrayChecksMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class SigLIPVisionEncoder(PresetMixin, Backbone):
+class SigLIPVisionEncoder(ArrayChecksMixin, PresetMixin, Backbone):
     """SigLIP image tower: ViT with a MAP head; output is the image embedding.
 
     Args:
@@ -84,6 +86,11 @@ class SigLIPVisionEncoder(PresetMixin, Backbone):
     @property
     def num_channels(self):
         return self.vit.num_channels
+
+    def _check_arrays(self, x):
+        # `predict` / `fit` / `evaluate` on in-memory arrays: raw uint8 or
+        # out-of-range images fail clearly (`check_model_images`).
+        check_model_images(x, "SigLIPVisionEncoder")
 
     @property
     def output_dim(self):

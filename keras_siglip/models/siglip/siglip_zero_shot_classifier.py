@@ -5,6 +5,7 @@ from keras_hub.models import Task
 
 from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
 from keras_siglip.models.siglip.siglip_preprocessor import SigLIPPreprocessor
+from keras_siglip.utils.images import check_raw_images
 from keras_siglip.utils.preset import PresetMixin
 
 
@@ -24,6 +25,19 @@ def class_text_embeddings(backbone, preprocessor, class_names, templates=("{}",)
         chunks.append(ops.convert_to_numpy(backbone.encode_texts(token_ids)))
     embeddings = np.concatenate(chunks).reshape(len(class_names), len(templates), -1).mean(1)
     return embeddings / (np.linalg.norm(embeddings, axis=-1, keepdims=True) + 1e-8)
+
+
+def check_class_names(class_names):
+    """Raise unless `class_names` is a non-empty list of distinct, non-blank strings."""
+    if isinstance(class_names, str) or not class_names:
+        raise ValueError(f"`class_names` must be a non-empty list of label strings; got {class_names!r:.80}.")
+    seen = set()
+    for name in class_names:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"Every class name must be a non-blank string; got {name!r}.")
+        if name in seen:
+            raise ValueError(f"The class name {name!r} is given twice; each label must be distinct.")
+        seen.add(name)
 
 
 class ClassScores(keras.layers.Layer):
@@ -78,9 +92,8 @@ class SigLIPZeroShotClassifier(PresetMixin, Task):
     preprocessor_cls = SigLIPPreprocessor
 
     def __init__(self, backbone, preprocessor, class_names, templates=("{}",), **kwargs):
-        if not class_names:
-            raise ValueError("`class_names` must name at least one class.")
-        templates = tuple(templates)
+        check_class_names(class_names)
+        templates = (templates,) if isinstance(templates, str) else tuple(templates)
         if any(t.count("{}") != 1 for t in templates):
             raise ValueError(f"Each template needs exactly one '{{}}'; got {templates}.")
         self.backbone = backbone
@@ -113,10 +126,13 @@ class SigLIPZeroShotClassifier(PresetMixin, Task):
         Returns:
             One list per image of `(label, probability)` pairs, best first.
         """
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer; got {top_k!r}.")
         if getattr(images, "ndim", None) == 3 or (
             hasattr(images, "shape") and len(images.shape) == 3
         ):
             images = [images]
+        check_raw_images(images, "SigLIPZeroShotClassifier.classify")  # names the bad image's index
         batch = np.stack(
             [ops.convert_to_numpy(self.preprocessor.convert_images(image)) for image in images]
         )

@@ -67,7 +67,17 @@ def test_task_preset_round_trip(classifier, rng, tmp_path):
 
 
 def test_bad_arguments(classifier):
-    with pytest.raises(ValueError, match="at least one class"):
+    with pytest.raises(ValueError, match="non-empty list of label strings"):
         SigLIPZeroShotClassifier(classifier.backbone, classifier.preprocessor, [])
+    with pytest.raises(ValueError, match="non-empty list of label strings"):
+        SigLIPZeroShotClassifier(classifier.backbone, classifier.preprocessor, "cat")  # not 3 labels c, a, t
+    for names, words in (([*LABELS, LABELS[0]], "given twice"), (["cat", " "], "non-blank"), (["cat", 3], "non-blank")):
+        with pytest.raises(ValueError, match=words):
+            SigLIPZeroShotClassifier(classifier.backbone, classifier.preprocessor, names)
+    image = np.zeros((32, 32, 3), "uint8")
+    for top_k in (0, -1, 1.5, True):  # -1 used to drop the last label without a word
+        with pytest.raises(ValueError, match="top_k must be a positive integer"):
+            classifier.classify(image, top_k=top_k)
+    assert len(classifier.classify(image, top_k=len(LABELS) + 5)[0]) == len(LABELS)
     with pytest.raises(ValueError, match="exactly one"):
         SigLIPZeroShotClassifier(classifier.backbone, classifier.preprocessor, LABELS, ["a photo"])
