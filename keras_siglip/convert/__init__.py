@@ -22,7 +22,9 @@ import os
 
 from keras_siglip.convert import big_vision as _big_vision
 from keras_siglip.convert.big_vision import read_big_vision, write_big_vision
-from keras_siglip.convert.common import Checkpoint, CheckpointMismatch, build_backbone, load_into
+from keras_siglip.convert.common import (
+    Checkpoint, CheckpointMismatch, CorruptCheckpoint, NonFiniteWeights, build_backbone, load_into,
+)
 from keras_siglip.convert.huggingface import read_huggingface, write_huggingface
 from keras_siglip.convert.keras_hub import assign_weights, keras_hub_weights, read_keras_hub
 from keras_siglip.convert.keras_hub_pali_gemma import (
@@ -56,7 +58,7 @@ def detect_format(source):
     with open(config_path) as f:
         try:
             config = json.load(f)
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"{config_path} is not valid JSON: {error}") from None
     if config.get("model_type") in _HF_MODEL_TYPES:
         return "huggingface"
@@ -142,18 +144,25 @@ def read_checkpoint(source, config=None, progress=True):
     raise ValueError(f"{source} is already a keras_siglip preset; load it with from_preset.")
 
 
-def convert(source, destination, config=None, tokenizer=None, progress=True):
+def convert(source, destination, config=None, tokenizer=None, progress=True, overwrite=False, allow_nan=False):
     """Convert a checkpoint into a keras_siglip preset folder, written atomically.
 
     Args:
         source: a big_vision `.npz`, a Hugging Face folder or a keras-hub preset folder.
-        destination: the preset folder to write (replaced whole on success only).
+        destination: the preset folder to write. It must not exist (or be an
+            empty folder), unless `overwrite` (see `check_destination`).
         config: big_vision only: a published preset name or a card config dict
             giving (or checking) the architecture.
         tokenizer: a SentencePiece model file to bundle when the source has
             none (big_vision SigLIP files): the T5 / mT5 / Gemma model of the
             vocabulary. PaliGemma tokenizers come from the HF folder's
-            `tokenizer.model`.
+            `tokenizer.model`. Checked before converting: it must load and
+            fit the model's vocabulary.
+        overwrite: replace an existing destination that holds a converted
+            model (a folder with `config.json`), whole: none of its old files
+            survive beside the new ones.
+        allow_nan: convert weights holding NaN or inf; otherwise they raise
+            `NonFiniteWeights` naming the tensors (nothing is written).
 
     Returns:
         The destination path. The preset holds the backbone (`SigLIPBackbone`,
@@ -167,6 +176,7 @@ def convert(source, destination, config=None, tokenizer=None, progress=True):
         backbone-only preset (`PaliGemmaCausalLM.from_preset(dst, preprocessor=None)`).
     """
     model = detect_model(source)
+    check_destination(source, destination, overwrite)
     if tokenizer is not None and model != "siglip":
         raise ValueError(
             f"{source} holds a {model} model; bundling a tokenizer is supported for SigLIP checkpoints "
@@ -175,11 +185,85 @@ def convert(source, destination, config=None, tokenizer=None, progress=True):
         )
     checkpoint = read_checkpoint(source, config=config, progress=progress)
     if tokenizer is not None:
-        with open(tokenizer, "rb") as f:
-            vocabulary = checkpoint.config["text_encoder"]["vocabulary_size"]
-            checkpoint.tokenizer = {"proto": f.read(), "pad_token": "<pad>" if vocabulary == 256_000 else "</s>"}
-    backbone = load_into(_build(model, checkpoint.config), checkpoint, progress=progress)
+        checkpoint.tokenizer = _read_tokenizer(tokenizer, checkpoint.config["text_encoder"]["vocabulary_size"])
+    try:
+        backbone = _build(model, checkpoint.config)
+    except ValueError as error:  # e.g. a damaged name hid the text head: name the source
+        raise CheckpointMismatch(
+            f"{checkpoint.source}: its tensors describe a model that cannot be built: {error}"
+        ) from error
+    backbone = load_into(backbone, checkpoint, progress=progress, allow_nan=allow_nan)
     write_preset(backbone, checkpoint, destination)
+    return os.fspath(destination)
+
+
+def check_destination(source, destination, overwrite=False):
+    """Refuse a destination whose replacement would lose data.
+
+    The destination may not be the source, lie inside it or contain it; it
+    may not be a file; an existing non-empty folder is replaced only with
+    `overwrite` and only when it holds a converted model (`config.json`), so
+    a mistyped path never wipes an unrelated folder.
+    """
+    src, dst = os.path.realpath(source), os.path.realpath(destination)
+    if dst == src:
+        raise ValueError(f"The destination {destination} is the source itself; write the preset elsewhere.")
+    if dst.startswith(src.rstrip(os.sep) + os.sep):
+        raise ValueError(f"The destination {destination} lies inside the source {source}; write it elsewhere.")
+    if src.startswith(dst.rstrip(os.sep) + os.sep):
+        raise ValueError(f"The source {source} lies inside the destination {destination}, which would be "
+                         "replaced; write the preset elsewhere.")
+    if not os.path.lexists(destination):
+        return
+    if not os.path.isdir(destination):
+        raise ValueError(f"The destination {destination} is a file; a preset is a folder. Give a new folder name.")
+    if not [name for name in os.listdir(destination) if not name.startswith(".")]:
+        return  # an empty folder (ours or the user's mkdir)
+    if not overwrite:
+        raise ValueError(f"The destination {destination} already exists; pass --overwrite (overwrite=True) "
+                         "to replace it whole.")
+    if not os.path.isfile(os.path.join(destination, "config.json")):
+        raise ValueError(f"The destination {destination} is a non-empty folder without config.json, not a "
+                         "converted model: refusing to replace it, even with --overwrite.")
+
+
+def _read_tokenizer(path, vocabulary_size):
+    """A SentencePiece file to bundle, checked against the model's vocabulary."""
+    import sentencepiece
+
+    with open(path, "rb") as f:
+        proto = f.read()
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.LoadFromSerializedProto(proto)
+    except (RuntimeError, TypeError, OSError) as error:
+        raise ValueError(f"The tokenizer {path} is not a SentencePiece model ({error}).") from None
+    if processor.GetPieceSize() > vocabulary_size:
+        raise ValueError(
+            f"The tokenizer {path} has {processor.GetPieceSize()} pieces but the model only "
+            f"{vocabulary_size} token embeddings: they do not belong together."
+        )
+    return {"proto": proto, "pad_token": "<pad>" if vocabulary_size == 256_000 else "</s>"}
+
+
+def export_huggingface(source, destination, overwrite=False):
+    """Export a keras_siglip SigLIP preset folder to a transformers folder
+    (model, tokenizer and `preprocessor_config.json`), with `convert`'s checks
+    on the destination. Returns the destination."""
+    from keras_siglip.models import SigLIPBackbone, SigLIPPreprocessor
+
+    if detect_format(source) != "keras_siglip":
+        raise ValueError(f"{source} is not a keras_siglip preset; convert it first, then export it.")
+    check_destination(source, destination, overwrite)
+    backbone = SigLIPBackbone.from_preset(source)
+    preprocessor = None
+    if os.path.exists(os.path.join(source, "preprocessor.json")):
+        preprocessor = SigLIPPreprocessor.from_preset(source)
+    write_huggingface(
+        backbone, destination,
+        tokenizer=getattr(preprocessor, "tokenizer", None),
+        image_converter=getattr(preprocessor, "image_converter", None),
+    )
     return os.fspath(destination)
 
 
@@ -197,11 +281,12 @@ def _build(model, config):
 
 def write_preset(backbone, checkpoint, destination):
     """Save `backbone` (and a preprocessor from the checkpoint's tokenizer and
-    image preprocessing) as one preset folder, atomically."""
+    image preprocessing) as one preset folder, atomically, replacing
+    `destination` whole."""
     from keras_siglip.utils.preset import atomic_directory
 
     preprocessor = make_preprocessor(checkpoint, backbone)
-    with atomic_directory(destination) as tmp:
+    with atomic_directory(destination, merge=False) as tmp:
         backbone.save_to_preset(tmp)
         if preprocessor is not None:
             preprocessor.save_to_preset(tmp)
@@ -267,10 +352,11 @@ def cache_dir():
     return os.environ.get("KERAS_SIGLIP_CACHE", default)
 
 
-def resolve_preset(preset):
+def resolve_preset(preset, allow_nan=False):
     """`preset` itself when it is ours (or a name / URI keras-hub resolves); the
     path of a cached conversion when it is a big_vision, Hugging Face or keras-hub
-    checkpoint. `hf://` and `kaggle://` URIs are downloaded first."""
+    checkpoint (`allow_nan`: see `convert`). `hf://` and `kaggle://` URIs are
+    downloaded first."""
     if not isinstance(preset, (str, os.PathLike)):
         return preset
     preset = os.fspath(preset)
@@ -288,7 +374,7 @@ def resolve_preset(preset):
     target = os.path.join(cache_dir(), "converted", f"{os.path.basename(preset.rstrip('/'))}-{key}")
     if not os.path.exists(os.path.join(target, "config.json")):
         print(f"Converting {preset} -> {target}")
-        convert(preset, target)
+        convert(preset, target, allow_nan=allow_nan)
     return target
 
 
@@ -319,8 +405,8 @@ def _download(uri):
 
 
 __all__ = [
-    "Checkpoint", "CheckpointMismatch", "FORMATS", "MODELS", "assign_weights", "build_backbone", "cache_dir",
-    "convert", "detect_format", "detect_model", "keras_hub_weights", "load_into", "load_pali_gemma",
+    "Checkpoint", "CheckpointMismatch", "CorruptCheckpoint", "NonFiniteWeights", "FORMATS", "MODELS", "assign_weights", "build_backbone", "cache_dir",
+    "check_destination", "convert", "detect_format", "export_huggingface", "detect_model", "keras_hub_weights", "load_into", "load_pali_gemma",
     "load_keras_hub_pali_gemma", "load_pali_gemma_big_vision", "make_preprocessor", "read_big_vision", "read_cappa", "read_checkpoint", "read_keras_hub_pali_gemma",
     "read_huggingface", "read_keras_hub", "read_pali_gemma", "read_pali_gemma_big_vision", "resolve_preset",
     "write_big_vision", "write_huggingface", "write_pali_gemma_big_vision", "write_preset",

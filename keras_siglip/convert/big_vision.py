@@ -22,12 +22,15 @@ stores the `(G, G, W)` grid), the text table `(1, L, W)` -> `(L, W)`, and `t`, `
 import math
 import os
 import re
+import struct
+import tokenize
 import zipfile
+import zlib
 
 import ml_dtypes
 import numpy as np
 
-from keras_siglip.convert.common import Checkpoint, CheckpointMismatch
+from keras_siglip.convert.common import Checkpoint, CheckpointMismatch, CorruptCheckpoint
 from keras_siglip.presets import PUBLISHED_PRESETS
 
 _ATTENTION = "MultiHeadDotProductAttention_0"
@@ -133,6 +136,13 @@ def _to_ours(key, value, config):
 
 # -- reading -------------------------------------------------------------------
 
+# What numpy and zipfile raise on damaged archives: a flipped compression method
+# gives NotImplementedError, a flipped flag bit "encrypted" (RuntimeError), a
+# damaged deflate stream zlib.error, a short record struct.error, a damaged
+# `.npy` header dict tokenize.TokenError.
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zlib.error, struct.error, tokenize.TokenError, SyntaxError, ValueError,
+                   EOFError, OSError, NotImplementedError, RuntimeError)
+
 
 def _describe(path):
     with open(path, "rb") as f:
@@ -150,11 +160,33 @@ def _load(path):
         raise FileNotFoundError(f"No big_vision checkpoint at {path}.")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as error:
-        raise ValueError(f"{path} is {_describe(path)} ({error}).") from error
+    except _ARCHIVE_ERRORS as error:
+        # numpy calls any unknown content "pickled data" and suggests loading it unsafely: not quoted.
+        detail = "" if "allow_pickle" in str(error) else f" ({error})"
+        raise CorruptCheckpoint(f"{path} is {_describe(path)}{detail}.") from error
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path} is {_describe(path)}.")
+        raise CorruptCheckpoint(f"{path} is {_describe(path)}.")
     return npz
+
+
+def _member_header(npz, member):
+    """`(shape, dtype)` from one `.npy` member's header, checked against the
+    member's size in the zip directory (a damaged header claiming another
+    shape or dtype would otherwise be read as such)."""
+    with npz.zip.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        header = f.tell()
+    size = npz.zip.getinfo(member).file_size
+    if not dtype.hasobject and header + math.prod(shape) * dtype.itemsize != size:
+        raise ValueError(
+            f"its .npy header says {tuple(shape)} {dtype} "
+            f"({math.prod(shape) * dtype.itemsize} bytes) but the member holds {size - header}"
+        )
+    return tuple(shape), dtype
 
 
 def _leaves(path, groups=tuple(TOWERS), model="two-tower (SigLIP)"):
@@ -167,22 +199,18 @@ def _leaves(path, groups=tuple(TOWERS), model="two-tower (SigLIP)"):
     """
     headers = {}
     with _load(path) as npz:
-        try:
-            for member in npz.zip.namelist():
+        for member in npz.zip.namelist():
+            try:
                 if not member.endswith(".npy"):
-                    raise ValueError(f"member {member!r} is not a .npy array")
-                with npz.zip.open(member) as f:
-                    version = np.lib.format.read_magic(f)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                    else:
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-                headers[member[: -len(".npy")]] = (tuple(shape), dtype)
-        except (zipfile.BadZipFile, ValueError, EOFError, OSError) as error:
-            raise ValueError(f"{path} is not a readable .npz archive: {error}.") from error
+                    raise ValueError("it is not a .npy array")
+                headers[member[: -len(".npy")]] = _member_header(npz, member)
+            except _ARCHIVE_ERRORS as error:
+                raise CorruptCheckpoint(
+                    f"{path} is not a readable .npz archive: member {member!r}: {error}."
+                ) from error
     for key, (_, dtype) in headers.items():
         if dtype.hasobject:
-            raise ValueError(
+            raise CorruptCheckpoint(
                 f"{path}: {key!r} is a pickled Python object array. big_vision "
                 "checkpoints hold numeric arrays only, and this reader never "
                 "unpickles (np.load(allow_pickle=False))."
@@ -379,7 +407,18 @@ def read_big_vision(path, config=None, progress=None):
         tokenizer=None,
         image_converter=converter,
         source=source,
+        origins=origins(leaves),
     )
+
+
+def origins(leaves, our_paths=None):
+    """`{our path: the .npz key (and block of a scanned leaf) it is read from}`."""
+    our_paths = our_paths or _our_paths
+    return {
+        ours: repr(npz_key) + ("" if index is None else f"[{index}]")
+        for key, (npz_key, shape, _) in leaves.items()
+        for ours, index in our_paths(key, shape, npz_key)
+    }
 
 
 def _tensors(path, leaves, config, progress, our_paths=None, to_ours=None):
@@ -391,8 +430,8 @@ def _tensors(path, leaves, config, progress, our_paths=None, to_ours=None):
         for key, (npz_key, shape, _) in leaves.items():
             try:
                 value = npz[npz_key]
-            except (zipfile.BadZipFile, ValueError, EOFError, OSError) as error:
-                raise ValueError(f"{path}: cannot read {npz_key!r} ({error}).") from error
+            except _ARCHIVE_ERRORS as error:
+                raise CorruptCheckpoint(f"{path}: cannot read {npz_key!r} ({error}).") from error
             if callable(progress):
                 progress(npz_key)
             if value.dtype.kind == "V" and value.dtype.itemsize == 2 and value.dtype.names is None:

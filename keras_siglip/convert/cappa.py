@@ -131,15 +131,18 @@ def read_cappa(path, progress=None):
         image_converter=("SigLIPImageConverter", {"image_size": (config["image_size"],) * 2,
                                                   "interpolation": "bilinear", "antialias": False}),
         source=f"big_vision CapPa checkpoint {path}",
+        origins=big_vision.origins(leaves, _our_paths),
     )
 
 
-def load_cappa(path, progress=True, dtype=None):
+def load_cappa(path, progress=True, dtype=None, allow_nan=False):
     """Build a `CapPaBackbone` of a big_vision CapPa checkpoint's architecture and load it.
 
     Raises `CheckpointMismatch` listing every missing, unexpected or
-    mis-shaped tensor when the file does not fit."""
+    mis-shaped tensor when the file does not fit, `NonFiniteWeights` for
+    NaN / inf weights unless `allow_nan` (see `common.load_into`)."""
     from keras_siglip.models import CapPaBackbone
 
     checkpoint = read_cappa(path)
-    return load_into(CapPaBackbone(**checkpoint.config, dtype=dtype), checkpoint, progress=progress)
+    return load_into(CapPaBackbone(**checkpoint.config, dtype=dtype), checkpoint, progress=progress,
+                     allow_nan=allow_nan)

@@ -30,7 +30,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from keras_siglip.convert.common import Checkpoint
+from keras_siglip.convert.common import Checkpoint, CorruptCheckpoint
 
 # What our towers fix (big_vision numerics); a config asking for anything else is refused.
 _FIXED = {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}
@@ -336,8 +336,7 @@ def read_huggingface(folder, progress=None):
     def get(name):
         # One open per tensor: safetensors memory-maps the file, and a handle kept
         # open for the whole load would keep every page read so far resident.
-        with _safe_open(locations[name]) as f:
-            return f.get_tensor(name)
+        return read_tensor(locations[name], name)
 
     def tensors():
         for rule in present:
@@ -358,17 +357,45 @@ def read_huggingface(folder, progress=None):
         tokenizer=_read_tokenizer(folder, config["text_encoder"]["vocabulary_size"]),
         image_converter=_read_image_converter(folder, config["vision_encoder"], naflex),
         source=f"Hugging Face {_MODEL_TYPES[hf_config['model_type']]} {folder}",
+        origins=tensor_origins(present, extra, lambda name: (name, locations[name])),
     )
+
+
+def tensor_origins(present, extra, where):
+    """`{our path: "file 'HF name'"}` for `load_into`'s errors.
+
+    `present`: the rules read, `extra`: HF names without a rule (yielded as
+    `huggingface:<name>`), `where(name)`: `(stored name, file path)` of an
+    HF tensor.
+    """
+
+    def describe(name):
+        stored, path = where(name)
+        return f"{os.path.basename(path)} {stored!r}"
+
+    origins = {ours: ", ".join(describe(name) for name in rule.hf) for rule in present for ours in rule.ours}
+    origins.update({f"huggingface:{name}": describe(name) for name in extra})
+    return origins
+
+
+def read_tensor(path, name):
+    """One tensor of a safetensors file as a numpy array; a clear error naming
+    the file and tensor when it cannot be read."""
+    with _safe_open(path) as f:
+        try:
+            return f.get_tensor(name)
+        except Exception as error:  # safetensors raises its own error types
+            raise CorruptCheckpoint(f"{path}: cannot read tensor {name!r}: {error}") from None
 
 
 def _read_json(path):
     if not os.path.exists(path):
         return None
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         try:
             return json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CorruptCheckpoint(f"{path} is not valid JSON (truncated or damaged?): {error}") from None
 
 
 def _safe_open(path):
@@ -377,8 +404,8 @@ def _safe_open(path):
     try:
         return safe_open(path, framework="numpy")
     except Exception as error:  # safetensors raises its own error types
-        raise ValueError(
-            f"{path} is not a readable safetensors file (truncated, or another format): {error}"
+        raise CorruptCheckpoint(
+            f"{path} is not a readable safetensors file (truncated, damaged or another format): {error}"
         ) from None
 
 
@@ -390,9 +417,10 @@ def _tensor_files(folder):
     if os.path.exists(single):
         paths = [single]
     elif os.path.exists(index_path):
-        weight_map = (_read_json(index_path) or {}).get("weight_map")
+        index = _read_json(index_path)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index_path} has no weight_map.")
+            raise CorruptCheckpoint(f"{index_path} has no weight_map.")
         paths = [os.path.join(folder, name) for name in sorted(set(weight_map.values()))]
         absent = [os.path.basename(p) for p in paths if not os.path.exists(p)]
         if absent:
@@ -409,6 +437,11 @@ def _tensor_files(folder):
     for path in paths:
         with _safe_open(path) as f:
             for name in f.keys():
+                if name in locations:  # which copy is right cannot be told
+                    raise CorruptCheckpoint(
+                        f"The tensor {name!r} is stored twice, in {os.path.basename(locations[name])} and "
+                        f"{os.path.basename(path)} ({folder})."
+                    )
                 locations[name] = path
     return locations
 
@@ -464,16 +497,18 @@ def _read_image_converter(folder, vision, naflex):
     def value(x):
         return float(x[0]) if np.all(x == x[0]) else [float(c) for c in x]
 
+    exact = settings.get("keras_siglip") or {}  # written by `write_huggingface`
     return ("SigLIPImageConverter", {
         "image_size": image_size, "scale": value(scale), "offset": value(offset),
-        "interpolation": _RESAMPLE[resample], "antialias": True,
+        "interpolation": exact.get("interpolation", _RESAMPLE[resample]),
+        "antialias": bool(exact.get("antialias", True)),
     })
 
 
 # -- writing -----------------------------------------------------------------------
 
 
-def write_huggingface(backbone, folder, tokenizer=None):
+def write_huggingface(backbone, folder, tokenizer=None, image_converter=None):
     """Export a `SigLIPBackbone` to an HF folder `transformers.AutoModel` loads.
 
     A fixed-resolution backbone becomes a `SiglipModel`, a NaFlex one (or a
@@ -485,15 +520,23 @@ def write_huggingface(backbone, folder, tokenizer=None):
     i18n) is written with an identity head of its width, as HF and keras-hub
     ship it.
 
+    With an image converter, `preprocessor_config.json` describes it for
+    transformers' image processor (size, resample filter, rescale and
+    normalisation; NaFlex: patch size and patch budget) and, under the key
+    `"keras_siglip"`, exactly (filter and antialias): transformers' PIL
+    resize always antialiases, and `read_huggingface` reads the exact form
+    back, so a round trip keeps the preprocessing.
+
     The files are written into a temporary sibling folder that then replaces
-    `folder` (other files already in `folder` are kept; stale weight and
-    tokenizer files are removed).
+    `folder` whole.
 
     Args:
         backbone: a `SigLIPBackbone` with MAP image pooling, no image head,
             last-token text pooling and a square position grid.
         folder: the output folder.
         tokenizer: optional `SigLIPTokenizer`.
+        image_converter: optional `SigLIPImageConverter` or
+            `NaFlexImageConverter` (a preprocessor's `image_converter`).
 
     Returns:
         `folder`.
@@ -531,20 +574,45 @@ def write_huggingface(backbone, folder, tokenizer=None):
     for rule in rules:
         ours = [np.asarray(ops.convert_to_numpy(weights[path]), dtype="float32") for path in rule.ours]
         tensors.update((name, np.ascontiguousarray(a)) for name, a in zip(rule.hf, rule.to_hf(*ours)))
-    with atomic_directory(folder) as tmp:
-        stale = set(_OTHER_WEIGHTS) | {"model.safetensors.index.json"}
-        if tokenizer is not None:
-            stale |= {"spiece.model", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
-                      "special_tokens_map.json"}
-        for name in os.listdir(tmp):
-            if name in stale or (name.startswith("model-") and name.endswith(".safetensors")):
-                os.remove(os.path.join(tmp, name))
+    preprocessor_config = None if image_converter is None else _preprocessor_config(image_converter)
+    with atomic_directory(folder, merge=False) as tmp:
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_config, f, indent=2)
         save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             _write_tokenizer(tokenizer, tmp, gemma, text["sequence_length"])
+        if preprocessor_config is not None:
+            with open(os.path.join(tmp, "preprocessor_config.json"), "w") as f:
+                json.dump(preprocessor_config, f, indent=2)
     return folder
+
+
+def _preprocessor_config(image_converter):
+    """HF's `preprocessor_config.json` for one of our image converters (the
+    inverse of `_read_image_converter`)."""
+    config = image_converter.get_config()
+    if "max_num_patches" in config:  # NaFlex
+        return {
+            "image_processor_type": "Siglip2ImageProcessor", "processor_class": "Siglip2Processor",
+            "patch_size": config["patch_size"], "max_num_patches": config["max_num_patches"],
+            "do_resize": True, "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255,
+            "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "do_convert_rgb": True,
+        }
+    resample = {name: code for code, name in _RESAMPLE.items()}.get(config["interpolation"])
+    if resample is None:
+        raise ValueError(f"transformers' image processors have no {config['interpolation']!r} resize.")
+    # Ours: x * scale + offset on [0, 255] pixels; HF: (x / 255 - mean) / std.
+    scale, offset = (np.broadcast_to(np.asarray(config[k], "float64"), (3,)) for k in ("scale", "offset"))
+    std = (1 / 255) / scale
+    mean = -offset * std
+    height, width = config["image_size"]
+    return {
+        "image_processor_type": "SiglipImageProcessor", "processor_class": "SiglipProcessor",
+        "do_resize": True, "size": {"height": int(height), "width": int(width)}, "resample": resample,
+        "do_rescale": True, "rescale_factor": 1 / 255,
+        "do_normalize": True, "image_mean": [float(m) for m in mean], "image_std": [float(s) for s in std],
+        "keras_siglip": {"interpolation": config["interpolation"], "antialias": bool(config["antialias"])},
+    }
 
 
 def _write_tokenizer(tokenizer, folder, gemma, sequence_length):

@@ -92,13 +92,14 @@ def keras_hub_weights(keras_hub_backbone):
     return weights
 
 
-def assign_weights(backbone, weights):
+def assign_weights(backbone, weights, allow_nan=False):
     """Assign `{our path: array}` (e.g. `keras_hub_weights(...)`) to `backbone`
-    through `common.load_into`: every weight exactly once, every mismatch listed."""
+    through `common.load_into`: every weight exactly once, every mismatch listed,
+    NaN / inf refused unless `allow_nan`."""
     from keras_siglip.convert.common import Checkpoint, load_into
 
     checkpoint = Checkpoint(config=None, tensors=lambda: iter(weights.items()), num_tensors=len(weights))
-    return load_into(backbone, checkpoint, progress=False)
+    return load_into(backbone, checkpoint, progress=False, allow_nan=allow_nan)
 
 
 def read_keras_hub(folder, progress=None):
@@ -107,23 +108,28 @@ def read_keras_hub(folder, progress=None):
 
     keras-hub loads its own backbone (Keras safe mode, no pickles); the weights
     are then renamed tensor by tensor. Peak memory is two copies of the weights
-    (keras-hub's model and ours).
+    (keras-hub's model and ours). Damaged JSON or weight files raise errors
+    naming the file (`preset_checks.load_checked`).
     """
-    import json
     import os
 
     import keras_hub
 
     from keras_siglip.convert.common import Checkpoint
+    from keras_siglip.convert.huggingface import _read_json
+    from keras_siglip.convert.preset_checks import load_checked
 
-    with open(os.path.join(folder, "config.json")) as f:
-        spec = json.load(f)
+    folder = os.fspath(folder)
+    spec = _read_json(os.path.join(folder, "config.json")) or {}
     if spec.get("registered_name") != "keras_hub>SigLIPBackbone":
         raise ValueError(
             f"{folder} is a keras-hub preset of {spec.get('registered_name')!r}, not "
             "of keras_hub>SigLIPBackbone."
         )
-    source = keras_hub.models.SigLIPBackbone.from_preset(folder)
+    source = load_checked(
+        folder, lambda load_weights: keras_hub.models.SigLIPBackbone.from_preset(folder, load_weights=load_weights),
+        float_only=False,  # keras-hub's SigLIP stores integer position_ids
+    )
     v = source.vision_encoder.get_config()
     t = source.text_encoder.get_config()
     for name, tower in (("vision", v), ("text", t)):
@@ -155,7 +161,7 @@ def read_keras_hub(folder, progress=None):
         num_tensors=len(weights),
         tokenizer=_keras_hub_tokenizer(folder, config["text_encoder"]["vocabulary_size"]),
         image_converter=_keras_hub_image_converter(folder, (height, width)),
-        source=f"keras-hub preset {folder}",
+        source=f"keras-hub preset {folder} (model.weights.h5)",
     )
 
 

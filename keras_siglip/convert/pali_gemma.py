@@ -47,7 +47,7 @@ import numpy as np
 from keras_siglip.convert import big_vision as _bv
 from keras_siglip.convert.common import Checkpoint, CheckpointMismatch, load_into
 from keras_siglip.convert.huggingface import (  # the SigLIP converter's rule helpers and safetensors reader
-    _dense, _encoder, _norm, _read_json, _Rule, _safe_open, _same, _tensor_files,
+    _dense, _encoder, _norm, _read_json, _Rule, _same, _tensor_files, read_tensor, tensor_origins,
 )
 
 # Tensor namings in the wild -> the one used here (`vision_tower.…`, `multi_modal_projector.…`,
@@ -241,8 +241,7 @@ def read_pali_gemma(folder, sliding_window=None):
 
     def get(name):
         stored, path = locations[name]
-        with _safe_open(path) as f:
-            return f.get_tensor(stored)
+        return read_tensor(path, stored)
 
     def tensors():
         for rule in present:
@@ -262,6 +261,7 @@ def read_pali_gemma(folder, sliding_window=None):
         tokenizer=read_pali_gemma_tokenizer(folder),
         image_converter=pali_gemma_image_converter(config),
         source=f"Hugging Face PaliGemmaForConditionalGeneration {folder}",
+        origins=tensor_origins(present, extra, lambda name: locations[name]),
     )
 
 
@@ -281,17 +281,18 @@ def pali_gemma_image_converter(config):
     return "PaliGemmaImageConverter", {"image_size": (size, size)}
 
 
-def load_pali_gemma(folder, sliding_window=None, dtype=None, progress=False):
+def load_pali_gemma(folder, sliding_window=None, dtype=None, progress=False, allow_nan=False):
     """Build a `PaliGemmaBackbone` from an HF PaliGemma folder and load its weights.
 
     Raises `CheckpointMismatch` naming every missing, unexpected and mis-shaped
-    tensor. See `read_pali_gemma` for `sliding_window`.
+    tensor, `NonFiniteWeights` for NaN / inf weights unless `allow_nan`. See
+    `read_pali_gemma` for `sliding_window`.
     """
     from keras_siglip.models.pali_gemma import PaliGemmaBackbone
 
     checkpoint = read_pali_gemma(folder, sliding_window=sliding_window)
     backbone = PaliGemmaBackbone(**checkpoint.config, dtype=dtype)
-    return load_into(backbone, checkpoint, progress=progress)
+    return load_into(backbone, checkpoint, progress=progress, allow_nan=allow_nan)
 
 
 # -- big_vision ----------------------------------------------------------------------
@@ -514,19 +515,22 @@ def read_pali_gemma_big_vision(path, query_pre_attn_scalar=AUTO, attention_logit
         tensors=lambda: _bv._tensors(path, leaves, config, progress, _pg_our_paths, _pg_to_ours),
         num_tensors=sum(len(_pg_our_paths(key, shape)) for key, shape in shapes.items()),
         source=f"big_vision PaliGemma checkpoint {path}",
+        origins=_bv.origins(leaves, _pg_our_paths),
     )
 
 
-def load_pali_gemma_big_vision(path, dtype=None, progress=False, **kwargs):
+def load_pali_gemma_big_vision(path, dtype=None, progress=False, allow_nan=False, **kwargs):
     """Build a `PaliGemmaBackbone` from a big_vision PaliGemma `.npz` and load it.
 
     `kwargs`: the Gemma 2 options of `read_pali_gemma_big_vision`. Raises
-    `CheckpointMismatch` naming every missing, unexpected and mis-shaped tensor.
+    `CheckpointMismatch` naming every missing, unexpected and mis-shaped tensor,
+    `NonFiniteWeights` for NaN / inf weights unless `allow_nan`.
     """
     from keras_siglip.models.pali_gemma import PaliGemmaBackbone
 
     checkpoint = read_pali_gemma_big_vision(path, **kwargs)
-    return load_into(PaliGemmaBackbone(**checkpoint.config, dtype=dtype), checkpoint, progress=progress)
+    return load_into(PaliGemmaBackbone(**checkpoint.config, dtype=dtype), checkpoint, progress=progress,
+                     allow_nan=allow_nan)
 
 
 def write_pali_gemma_big_vision(backbone, path, scan=True):

@@ -57,16 +57,53 @@ def preset_loader(preset):
     return preset, loader, loader.check_backbone_class()
 
 
+def _loads_weights(cls, kwargs):
+    """Whether `cls.from_preset(..., **kwargs)` reads weight files (a backbone
+    or task with `load_weights=True`)."""
+    from keras_hub.models import Backbone, Task
+
+    return issubclass(cls, (Backbone, Task)) and bool(kwargs.get("load_weights", True))
+
+
+def _load_with_checks(preset, load, weights):
+    """`load(True)`, with the file checks of `preset_checks.load_checked` for a
+    local folder (other presets are keras-hub's to fetch)."""
+    if not os.path.isdir(preset):
+        return load(True)
+    from keras_siglip.convert.preset_checks import load_checked
+
+    return load_checked(preset, load, weights)
+
+
 class PresetMixin:
-    """Adds name checking to `from_preset` and atomic `save_to_preset`."""
+    """Adds name checking and file checks to `from_preset` and atomic `save_to_preset`."""
 
     @classmethod
-    def from_preset(cls, preset, **kwargs):
+    def from_preset(cls, preset, allow_nan=False, **kwargs):
         """Also takes big_vision `.npz` files and Hugging Face / keras-hub folders
-        or `hf://` / `kaggle://` URIs of them: converted once, then cached."""
+        or `hf://` / `kaggle://` URIs of them: converted once, then cached.
+
+        Damaged files give clear errors naming the file (`CorruptCheckpoint`,
+        `CheckpointMismatch`, `FileNotFoundError`; see
+        `keras_siglip.convert.preset_checks`), and loaded weights holding NaN
+        or inf raise `NonFiniteWeights` naming them unless `allow_nan=True`
+        (also passed on to a conversion).
+        """
         from keras_siglip.convert import resolve_preset
 
-        return super().from_preset(check_preset(resolve_preset(preset)), **kwargs)
+        preset = check_preset(resolve_preset(preset, allow_nan=allow_nan))
+        parent = super()
+        weights = _loads_weights(cls, kwargs)
+
+        def load(load_weights):
+            return parent.from_preset(preset, **(kwargs if load_weights else {**kwargs, "load_weights": False}))
+
+        loaded = _load_with_checks(preset, load, weights)
+        if weights:
+            from keras_siglip.convert.preset_checks import MODEL_WEIGHTS, refuse_nonfinite
+
+            refuse_nonfinite(loaded, f"{preset} ({MODEL_WEIGHTS})", allow_nan)
+        return loaded
 
     def save_to_preset(self, preset_dir, **kwargs):
         if os.path.realpath(os.fspath(preset_dir)) in _OPEN_WRITES:

@@ -217,12 +217,13 @@ def test_write_naflex_headless_text_loads_in_transformers(tmp_path, gemma_proto)
     assert read_huggingface(folder).tokenizer == {"proto": gemma_proto, "pad_token": "<pad>"}
 
 
-def test_write_replaces_stale_weight_files(tmp_path):
+def test_write_replaces_the_folder_whole(tmp_path):
+    """No file of an earlier model (shards, index, README) survives beside the new one."""
     folder = tmp_path / "export"
     hf_model(False).save_pretrained(folder, max_shard_size="100KB")  # shards + index
-    (folder / "README.md").write_text("kept")
+    (folder / "README.md").write_text("of the old model")
     write_huggingface(tiny_backbone(image_size=16), str(folder))
-    assert sorted(os.listdir(folder)) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
     load_in_transformers(str(folder))
 
 
