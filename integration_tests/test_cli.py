@@ -1,5 +1,8 @@
 """The `keras-siglip` command on the shipped default preset, offline."""
 
+import os
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -60,10 +63,13 @@ def test_demo_reports_accuracy_and_writes_a_picture(tmp_path, capsys):
 
 
 def test_errors_are_clear(capsys, tmp_path):
-    with pytest.raises(SystemExit, match="no such image file"):
-        cli.main(["zero-shot", str(tmp_path / "missing.png"), "--labels", "a"])
-    with pytest.raises(SystemExit, match="Unknown preset"):
-        cli.main(["embed", "--texts", "a", "--preset", "siglip2_shapes_tiyn", "--out", str(tmp_path / "x.npy")])
+    assert cli.main(["zero-shot", str(tmp_path / "missing.png"), "--labels", "a"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("keras-siglip: error: ") and "missing.png" in err and err.count("\n") == 1, err
+    assert cli.main(["embed", "--texts", "a", "--preset", "siglip2_shapes_tiyn", "--out", str(tmp_path / "x.npy")]) == 1
+    err = capsys.readouterr().err
+    assert "Unknown preset 'siglip2_shapes_tiyn'" in err and "Did you mean 'siglip2_shapes_tiny'" in err, err
+    assert not (tmp_path / "x.npy").exists()
 
 
 def test_convert_pali_gemma_hf_folder_and_big_vision_npz(tmp_path, capsys):
@@ -117,12 +123,150 @@ def test_convert_pali_gemma_hf_folder_and_big_vision_npz(tmp_path, capsys):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(converted(inputs)),
                                   keras.ops.convert_to_numpy(load_pali_gemma(folder)(inputs)))
 
+    capsys.readouterr()
     np.savez(tmp_path / "vae-oid.npz", **{"_vq_vae._embedding": np.zeros((128, 8), "float32")})
-    with pytest.raises(ValueError, match="segmentation VQ-VAE"):
-        cli.main(["convert", str(tmp_path / "vae-oid.npz"), str(tmp_path / "x")])
+    assert cli.main(["convert", str(tmp_path / "vae-oid.npz"), str(tmp_path / "x")]) == 1
+    assert "segmentation VQ-VAE" in capsys.readouterr().err
     np.savez(tmp_path / "odd.npz", **{"params/foo/w": np.zeros(2, "float32")})
-    with pytest.raises(ValueError, match=r"not a big_vision checkpoint layout.*found \['foo'\]"):
-        cli.main(["convert", str(tmp_path / "odd.npz"), str(tmp_path / "x")])
-    with pytest.raises(ValueError, match="tokenizer is supported for SigLIP"):
-        cli.main(["convert", npz, str(tmp_path / "x"), "--tokenizer", npz])
+    assert cli.main(["convert", str(tmp_path / "odd.npz"), str(tmp_path / "x")]) == 1
+    assert re.search(r"not a big_vision checkpoint layout.*found \['foo'\]", capsys.readouterr().err)
+    assert cli.main(["convert", npz, str(tmp_path / "x"), "--tokenizer", npz]) == 1
+    assert "tokenizer is supported for SigLIP" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+# -- every door, as a new user tries it ------------------------------------------------
+
+
+def run_cli(capsys, *args):
+    """`(exit status, stdout, stderr)` of one in-process call."""
+    status = cli.main(list(args))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def assert_one_line_error(status, err, *words):
+    assert status == 1, err
+    assert err.startswith("keras-siglip: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err, err
+
+
+@pytest.mark.parametrize("args,words", [
+    (["zero-shot", "IMG", "--labels", "a", "--top-k", "0"], "positive integer"),
+    (["zero-shot", "IMG", "--labels", "a", "--top-k", "-1"], "positive integer"),
+    (["zero-shot", "IMG", "--labels", "a", "--top-k", "two"], "positive integer"),
+    (["zero-shot", "IMG", "--labels", "a", ""], "must not be empty"),
+    (["zero-shot", "IMG", "--labels", "  "], "must not be empty"),
+    (["zero-shot", "IMG", "--labels", "a", "--templates", "a photo"], "exactly one '{}'"),
+    (["zero-shot", "IMG", "--labels", "a", "--templates", "{} and {}"], "exactly one '{}'"),
+    (["zero-shot", "IMG"], "--labels"),
+    (["embed", "IMG", "--out", "x.txt"], ".npy"),
+    (["embed", "IMG", "--texts", "a", "--out", "x.npy"], "either IMAGE files or --texts"),
+    (["embed", "--out", "x.npy"], "either IMAGE files or --texts"),
+    (["demo", "--num-images", "0"], "positive integer"),
+    (["convert", "only_one"], "destination"),
+    ([], "command"),
+    (["no-such-command"], "invalid choice"),
+])
+def test_usage_errors_exit_2_with_one_message(capsys, image_files, args, words):
+    args = [image_files[0][0] if a == "IMG" else a for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "error: " in err and words in err and "Traceback" not in err, err
+
+
+def test_zero_shot_top_k_and_labels(capsys, image_files):
+    paths, labels = image_files
+    status, out, _ = run_cli(capsys, "zero-shot", paths[0], "--labels", "red circle", "blue square", "--top-k", "9")
+    assert status == 0 and len(out.splitlines()) == 3  # the path and both labels, not more
+    status, _, err = run_cli(capsys, "zero-shot", paths[0], "--labels", "cat", "dog", "cat")
+    assert_one_line_error(status, err, "'cat' is given twice")
+
+
+def test_embed_writes_exactly_the_path_given(tmp_path, capsys):
+    out = tmp_path / "name with spaces é.npy"
+    status, stdout, _ = run_cli(capsys, "embed", "--texts", "a red circle", "--out", str(out))
+    assert status == 0 and stdout.strip().endswith(f"to {out}")
+    assert np.load(out).shape[0] == 1 and sorted(os.listdir(tmp_path)) == [out.name]
+    with pytest.raises(SystemExit):  # a trailing slash names a folder: not a .npy file name
+        cli.main(["embed", "--texts", "a", "--out", f"{tmp_path}/folder.npy/"])
+    capsys.readouterr()
+    (tmp_path / "dir.npy").mkdir()
+    assert_one_line_error(*run_cli(capsys, "embed", "--texts", "a", "--out", str(tmp_path / "dir.npy"))[::2],
+                          "is a folder")
+    assert_one_line_error(*run_cli(capsys, "embed", "--texts", "a", "--out", str(tmp_path / "no" / "x.npy"))[::2],
+                          "does not exist")
+    os.mkfifo(tmp_path / "pipe.npy")  # a special file is refused, never replaced or written beside
+    assert_one_line_error(*run_cli(capsys, "embed", "--texts", "a", "--out", str(tmp_path / "pipe.npy"))[::2],
+                          "not a regular file")
+    with pytest.raises(SystemExit):  # /dev/full: not a .npy name, refused before anything runs
+        cli.main(["embed", "--texts", "a", "--out", "/dev/full"])
+    assert not os.path.exists("/dev/full.npy")
+    assert sorted(os.listdir(tmp_path)) == sorted([out.name, "dir.npy", "pipe.npy"])
+
+
+def test_bad_image_files_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    for name in ("text.png", "empty.jpg", "folder.png", "missing.png"):
+        status, out, err = run_cli(capsys, "zero-shot", str(tmp_path / name), "--labels", "a")
+        assert_one_line_error(status, err, name)
+        assert out == ""
+
+
+def test_convert_refusals_are_one_line_errors(tmp_path, capsys):
+    from keras_siglip.models import SigLIPBackbone
+
+    preset = tmp_path / "preset"
+    SigLIPBackbone.from_preset("siglip2_shapes_tiny").save_to_preset(str(preset))
+    target = tmp_path / "file.txt"
+    target.write_text("kept")
+    assert_one_line_error(*run_cli(capsys, "convert", str(preset), str(preset), "--to", "huggingface")[::2],
+                          "is the source")
+    assert_one_line_error(*run_cli(capsys, "convert", str(preset), str(target), "--to", "huggingface")[::2],
+                          "is a file")
+    assert_one_line_error(*run_cli(capsys, "convert", str(tmp_path / "nothing"), str(tmp_path / "x"))[::2],
+                          "nothing")
+    assert target.read_text() == "kept" and sorted(os.listdir(tmp_path)) == ["file.txt", "preset"]
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    with pytest.raises(ValueError, match="Unknown preset"):
+        cli.main(["--debug", "embed", "--texts", "a", "--preset", "nope", "--out", str(tmp_path / "x.npy")])
+
+
+@pytest.mark.slow
+def test_installed_command_in_a_subprocess(tmp_path, image_files):
+    """The real door: the installed `keras-siglip`: results on stdout, nothing else on
+    stderr (no framework start-up logs), one line and status 1 for a failure,
+    usage errors before any framework is imported."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    command = shutil.which("keras-siglip") or os.path.join(os.path.dirname(sys.executable), "keras-siglip")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the command must quieten the frameworks itself
+
+    def run(*args):
+        return subprocess.run([command, *args], capture_output=True, text=True, env=env, timeout=300)
+
+    start = time.perf_counter()
+    usage = run("zero-shot", "x.png", "--labels", "a", "--top-k", "0")
+    assert usage.returncode == 2 and "positive integer" in usage.stderr and usage.stdout == ""
+    assert time.perf_counter() - start < 60  # no framework import before arguments are checked
+
+    paths, labels = image_files
+    good = run("zero-shot", paths[0], "--labels", *sorted(set(labels) | {"black cross"}), "--top-k", "1")
+    assert good.returncode == 0 and good.stderr == "", good.stderr
+    assert good.stdout.splitlines()[1].split(None, 1)[1] == labels[0]
+
+    (tmp_path / "text.png").write_text("not an image")
+    bad = run("zero-shot", str(tmp_path / "text.png"), "--labels", "a")
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("keras-siglip: error: ") and bad.stderr.count("\n") == 1, bad.stderr

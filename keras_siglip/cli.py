@@ -3,43 +3,78 @@
     keras-siglip presets
     keras-siglip zero-shot --preset P IMAGE... --labels L1 L2 ...
     keras-siglip embed --preset P [--texts T ...] [IMAGE ...] --out embeddings.npy
+    keras-siglip convert SRC DST [--overwrite] [--to huggingface]
     keras-siglip demo [--preset P] [--out demo.png]
+
+Results go to standard output, progress and messages to standard error. An
+expected failure (a bad file, path or argument, a checkpoint that does not fit)
+is one line `keras-siglip: error: ...` and exit status 1; a usage error exits
+with 2. `--debug` shows tracebacks and the frameworks' own start-up logs.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 
 DEFAULT_PRESET = "siglip2_shapes_tiny"
+PROG = "keras-siglip"
 
 
-def _quiet():
+class CLIError(Exception):
+    """An expected failure: reported as one line, exit status 1."""
+
+
+def _expected_errors():
+    """Exceptions that are the user's input at fault, not a bug of ours."""
+    return (CLIError, ValueError, OSError, UnicodeError)
+
+
+@contextlib.contextmanager
+def _quiet_native_logs():
+    """Send what C/C++ code writes to file descriptor 2 (TensorFlow, XLA and
+    absl start-up logs) to /dev/null; Python's `sys.stderr` (our messages,
+    progress bars, warnings) keeps writing to the real standard error."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):  # no real fd 2 (embedded, captured)
+        yield
+        return
+    python_stderr = sys.stderr
+    sys.stderr = open(saved, "w", buffering=1, closefd=False, errors="backslashreplace")
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        # `saved` and its file object stay open: logging handlers created
+        # meanwhile hold the file object and may still write at exit.
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        sys.stderr = python_stderr
 
 
-def read_image(path):
-    """An image file as a uint8 RGB array `(H, W, 3)`."""
-    import numpy as np
-    from PIL import Image
+def read_images(paths):
+    """Image files as uint8 RGB arrays (EXIF-upright, 16-bit scaled, large
+    files decoded at reduced size); a clear error names the bad file."""
+    from keras_siglip.utils.images import read_image
 
-    if not os.path.isfile(path):
-        raise SystemExit(f"keras-siglip: no such image file: {path}")
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    return [read_image(path) for path in paths]
 
 
 def load(preset):
     from keras_siglip.models import SigLIPBackbone, SigLIPPreprocessor
 
-    try:
-        return SigLIPBackbone.from_preset(preset), SigLIPPreprocessor.from_preset(preset)
-    except ValueError as error:
-        raise SystemExit(f"keras-siglip: {error}")
+    return SigLIPBackbone.from_preset(preset), SigLIPPreprocessor.from_preset(preset)
 
 
 def cmd_presets(args):
-    from keras_siglip.presets import PUBLISHED_PRESETS, SHIPPED_PRESETS
     from keras_siglip.models.siglip.siglip_presets import _shipped_metadata
+    from keras_siglip.presets import PUBLISHED_PRESETS, SHIPPED_PRESETS, pali_gemma_presets, recipe_presets
 
     print("Shipped (load offline by name):")
     for name, path in SHIPPED_PRESETS.items():
@@ -47,7 +82,6 @@ def cmd_presets(args):
         accuracy = meta.get("zero_shot_accuracy")
         extra = f", zero-shot {accuracy:.1%}" if accuracy is not None else ""
         print(f"  {name:34s} {meta['params']:>13,} params{extra}  {meta['description']}")
-    from keras_siglip.presets import recipe_presets
 
     print("Published checkpoints (architecture cards; weights at the sources shown):")
     for name, card in PUBLISHED_PRESETS.items():
@@ -56,7 +90,6 @@ def cmd_presets(args):
         if args.verbose:
             for where, source in card["sources"].items():
                 print(f"      {where:12s} {source}")
-    from keras_siglip.presets import pali_gemma_presets
 
     print("PaliGemma 1 / 2 checkpoints (architecture cards: PaliGemmaBackbone.from_preset(name, "
           "load_weights=False); weights: keras-siglip convert the Hugging Face folder):")
@@ -75,7 +108,7 @@ def cmd_presets(args):
 def cmd_zero_shot(args):
     from keras_siglip.models import SigLIPZeroShotClassifier
 
-    images = [read_image(path) for path in args.images]
+    images = read_images(args.images)
     backbone, preprocessor = load(args.preset)
     classifier = SigLIPZeroShotClassifier(
         backbone, preprocessor, class_names=args.labels, templates=args.templates
@@ -90,19 +123,43 @@ def cmd_embed(args):
     import numpy as np
     from keras import ops
 
-    if bool(args.images) == bool(args.texts):
-        raise SystemExit("keras-siglip embed: give either IMAGE files or --texts, not both.")
-    backbone, preprocessor = load(args.preset)
+    from keras_siglip.utils.preset import atomic_file
+
+    out = _output_file(args.out)
     if args.texts:
+        backbone, preprocessor = load(args.preset)
         embeddings = backbone.encode_texts(preprocessor.pack_texts(args.texts))
     else:
-        images = np.stack(
-            [ops.convert_to_numpy(preprocessor.convert_images(read_image(p))) for p in args.images]
-        )
-        embeddings = backbone.encode_images(images)
+        images = read_images(args.images)
+        backbone, preprocessor = load(args.preset)
+        embeddings = backbone.encode_images(_model_images(preprocessor, images))
     embeddings = ops.convert_to_numpy(embeddings)
-    np.save(args.out, embeddings)
-    print(f"Wrote {embeddings.shape[0]} embeddings of size {embeddings.shape[1]} to {args.out}")
+    with atomic_file(out, suffix=".npy") as tmp:
+        np.save(tmp, embeddings)
+    print(f"Wrote {embeddings.shape[0]} embeddings of size {embeddings.shape[1]} to {out}")
+
+
+def _model_images(preprocessor, images):
+    """Raw images of any sizes -> one batch of the model's image inputs."""
+    import numpy as np
+    from keras import ops
+
+    batches = [preprocessor.model_images(image[None]) for image in images]
+    inputs = {k: np.concatenate([ops.convert_to_numpy(b[k]) for b in batches]) for k in batches[0]}
+    return inputs["images"] if list(inputs) == ["images"] else inputs
+
+
+def _output_file(path):
+    """The absolute path a result file is written to, exactly as given; a clear
+    error for a path that cannot be one."""
+    if os.path.isdir(path):
+        raise CLIError(f"--out {path} is a folder; give a file name ending in .npy.")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise CLIError(f"--out {path} exists and is not a regular file.")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CLIError(f"--out {path}: the folder {parent} does not exist.")
+    return os.path.abspath(path)
 
 
 def cmd_demo(args):
@@ -113,6 +170,7 @@ def cmd_demo(args):
     from keras_siglip.models import SigLIPZeroShotClassifier
     from keras_siglip.plots import prediction_grid
 
+    out = _output_file(args.out)
     backbone, preprocessor = load(args.preset)
     size = backbone.vision_encoder.image_size[0]
     names = shapes.class_names()
@@ -132,33 +190,57 @@ def cmd_demo(args):
         data["images"][:shown],
         [f"{names[p]} {probabilities[i, p]:.2f}" for i, p in enumerate(predicted[:shown])],
         correct=(predicted == data["labels"])[:shown],
-        path=args.out,
+        path=out,
     )
-    print(f"Wrote {args.out}")
+    print(f"Wrote {out}")
 
 
 def cmd_convert(args):
     from keras_siglip import convert
 
-    if args.to == "huggingface":
-        from keras_siglip.convert.huggingface import write_huggingface
-        from keras_siglip.models import SigLIPBackbone, SigLIPPreprocessor
-
-        backbone = SigLIPBackbone.from_preset(args.source)
-        tokenizer = None
-        try:
-            tokenizer = SigLIPPreprocessor.from_preset(args.source).tokenizer
-        except (ValueError, FileNotFoundError):
-            pass  # a preset without a tokenizer exports the model alone
-        write_huggingface(backbone, args.destination, tokenizer=tokenizer)
-    else:
-        convert.convert(args.source, args.destination, config=args.preset, tokenizer=args.tokenizer)
-    print(f"Wrote {args.destination}")
+    with contextlib.redirect_stdout(sys.stderr):  # progress bars and notes: not results
+        if args.to == "huggingface":
+            destination = convert.export_huggingface(args.source, args.destination, overwrite=args.overwrite)
+        else:
+            destination = convert.convert(
+                args.source, args.destination, config=args.preset, tokenizer=args.tokenizer,
+                overwrite=args.overwrite,
+            )
+    print(f"Wrote {destination}")
 
 
-def main(argv=None):
-    _quiet()
-    parser = argparse.ArgumentParser(prog="keras-siglip", description=__doc__.splitlines()[0])
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _label(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a label must not be empty")
+    return text
+
+
+def _template(text):
+    if text.count("{}") != 1:
+        raise argparse.ArgumentTypeError(f"a template needs exactly one '{{}}' for the label; got {text!r}")
+    return text
+
+
+def _npy_path(text):
+    if not text.endswith(".npy"):
+        raise argparse.ArgumentTypeError(f"the file is written in NumPy's .npy format; name it *.npy, got {text!r}")
+    return text
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show tracebacks and the frameworks' start-up logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("presets", help="list presets")
@@ -167,17 +249,20 @@ def main(argv=None):
 
     p = sub.add_parser("zero-shot", help="rank labels for images")
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--labels", nargs="+", required=True)
+    p.add_argument("--labels", nargs="+", required=True, type=_label)
     p.add_argument("--preset", default=DEFAULT_PRESET)
-    p.add_argument("--templates", nargs="+", default=["a photo of {}"])
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--templates", nargs="+", default=["a photo of {}"], type=_template,
+                   help="prompt templates, each with one {} for the label (default: 'a photo of {}')")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="labels shown per image (default 5)")
     p.set_defaults(run=cmd_zero_shot)
 
     p = sub.add_parser("embed", help="write image or text embeddings to .npy")
+    parser.embed_parser = p
     p.add_argument("images", nargs="*", metavar="IMAGE")
     p.add_argument("--texts", nargs="+")
     p.add_argument("--preset", default=DEFAULT_PRESET)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, type=_npy_path, metavar="FILE.npy",
+                   help="the .npy file to write (exactly this path; replaced atomically)")
     p.set_defaults(run=cmd_embed)
 
     p = sub.add_parser(
@@ -187,7 +272,10 @@ def main(argv=None):
     p.add_argument("source", help="a big_vision .npz (SigLIP, PaliGemma or CapPa), an HF SigLIP or "
                                   "PaliGemma folder, a keras-hub preset folder (or a preset of ours with "
                                   "--to huggingface)")
-    p.add_argument("destination", help="the folder to write (replaced atomically)")
+    p.add_argument("destination", help="the folder to write; must not exist, or be a converted model "
+                                       "folder with --overwrite (then replaced whole, atomically)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing destination that holds a converted model")
     p.add_argument("--preset", default=None,
                    help="big_vision only: the published preset name whose architecture the .npz holds "
                         "(else inferred from the shapes); for PaliGemma it also sets the Gemma 2 soft caps")
@@ -199,13 +287,44 @@ def main(argv=None):
 
     p = sub.add_parser("demo", help="zero-shot on held-out shapes images, with a picture")
     p.add_argument("--preset", default=DEFAULT_PRESET)
-    p.add_argument("--num-images", type=int, default=200)
+    p.add_argument("--num-images", type=_positive_int, default=200)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default="keras_siglip_demo.png")
     p.set_defaults(run=cmd_demo)
+    return parser
 
-    args = parser.parse_args(argv)
-    args.run(args)
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage errors: argparse prints them and exits with 2
+    if args.command == "embed" and bool(args.images) == bool(args.texts):
+        parser.embed_parser.error("give either IMAGE files or --texts (one of the two)")
+    try:
+        with (contextlib.nullcontext() if args.debug else _quiet_native_logs()):
+            args.run(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `keras-siglip presets | head`
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")
+        return 0
+    except Exception as error:  # noqa: BLE001 - the one place errors become messages
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {_message(error)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _message(error):
+    """One line for an expected failure; a pointer to --debug for a bug."""
+    if isinstance(error, _expected_errors()):
+        text = str(error) or type(error).__name__
+        if isinstance(error, OSError) and error.filename and error.strerror:
+            text = f"{error.strerror}: {error.filename}"
+        return text.strip()
+    return f"internal error ({type(error).__name__}: {error}); rerun with --debug for the traceback"
 
 
 if __name__ == "__main__":
