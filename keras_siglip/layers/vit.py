@@ -488,9 +488,11 @@ class VisionTransformer(keras.layers.Layer):
         compilers fuse it better than the patchify transpose (about 6% faster `fit`
         steps on XLA CPU; fewer ops in eager torch).
         """
-        _, height, width, channels = images.shape
+        batch, height, width, channels = images.shape
         size = self.patch_size
         grid = patch_grid(height, width, size)
+        if batch == 0:  # TensorFlow's convolution returns an empty input unchanged
+            return ops.zeros((0, grid[0] * grid[1], self.width), images.dtype), grid
         kernel = ops.reshape(self.embedding.kernel, (size, size, channels, self.width))
         x = ops.conv(
             images, ops.cast(kernel, images.dtype), strides=size, padding="valid",

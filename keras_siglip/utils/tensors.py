@@ -39,14 +39,20 @@ def concrete_numpy(x):
 
 
 def check_token_ids(token_ids, vocabulary_size):
-    """Raise if eager `token_ids` are not integers or fall outside `[0, vocabulary_size)`."""
-    dtype = getattr(token_ids, "dtype", None)
-    if dtype is not None and not _is_integer_dtype(dtype):
+    """Raise if eager `token_ids` are not integers or fall outside `[0, vocabulary_size)`.
+
+    Symbolic values are not checked: Keras traces models with placeholders of
+    any dtype (TensorFlow's `compute_output_spec` makes float64 ones).
+    """
+    values = concrete_numpy(token_ids)
+    if values is None:
+        return
+    dtype = getattr(token_ids, "dtype", values.dtype)
+    if not _is_integer_dtype(dtype):
         # Keras' input cast would truncate 1.7 to 1 without a word.
         raise ValueError(f"Token ids must be integers; got dtype {dtype}. Tokenize texts with the "
                          "model's preprocessor, or cast integral ids to int32.")
-    values = concrete_numpy(token_ids)
-    if values is None or values.size == 0:
+    if values.size == 0:
         return
     low, high = int(values.min()), int(values.max())
     if low < 0 or high >= vocabulary_size:
