@@ -66,3 +66,31 @@ def tiny_backbone(vocabulary_size=60, sequence_length=8, image_size=32, seed=0, 
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def value_and_grads(fn, args):
+    """The value of `fn(*args)` and its gradients w.r.t. every arg, on this backend."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        value, grads = jax.value_and_grad(fn, argnums=tuple(range(len(args))))(*args)
+        return np.asarray(value), [np.asarray(g) for g in grads]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.constant(a) for a in args]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            value = fn(*tensors)
+        grads = tape.gradient(value, tensors)  # None where no gradient flows
+        return value.numpy(), [np.zeros_like(a) if g is None else g.numpy() for a, g in zip(args, grads)]
+    import torch
+
+    tensors = [torch.tensor(a, requires_grad=True) for a in args]
+    value = fn(*tensors)
+    value.backward()
+    return value.detach().numpy(), [np.zeros_like(a) if t.grad is None else t.grad.numpy()
+                                    for a, t in zip(args, tensors)]

@@ -6,4 +6,12 @@ from keras_siglip.losses.sigmoid import (
     sigmoid_labels,
     sigmoid_loss_from_embeddings,
 )
+from keras_siglip.losses.self_distillation import (
+    distillation_cross_entropy,
+    ema_update,
+    local_to_global_loss,
+    masked_prediction_loss,
+    random_patch_mask,
+    updated_center,
+)
 from keras_siglip.losses.softmax import softmax_loss_from_embeddings, softmax_loss_from_logits

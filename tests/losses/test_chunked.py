@@ -6,35 +6,12 @@ import pytest
 from keras import ops
 
 from keras_siglip.losses import SigmoidLoss, chunked_sigmoid_loss, sigmoid_labels, sigmoid_loss_from_embeddings
+from tests.conftest import value_and_grads
 
 
 def plain(images, texts, t, b):
     logits = ops.exp(t) * ops.matmul(images, ops.transpose(texts)) + b
     return SigmoidLoss()(sigmoid_labels(images.shape[0]), logits)
-
-
-def value_and_grads(fn, args):
-    """The value of `fn(*args)` and its gradients w.r.t. every arg, on this backend."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        value, grads = jax.value_and_grad(fn, argnums=tuple(range(len(args))))(*args)
-        return np.asarray(value), [np.asarray(g) for g in grads]
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tensors = [tf.constant(a) for a in args]
-        with tf.GradientTape() as tape:
-            tape.watch(tensors)
-            value = fn(*tensors)
-        return value.numpy(), [g.numpy() for g in tape.gradient(value, tensors)]
-    import torch
-
-    tensors = [torch.tensor(a, requires_grad=True) for a in args]
-    value = fn(*tensors)
-    value.backward()
-    return value.detach().numpy(), [t.grad.numpy() for t in tensors]
 
 
 def embeddings(batch, dim, seed):
