@@ -12,3 +12,4 @@ from keras_siglip.data.tasks import (COUNT_WORDS, SHAPES_TASKS, mix_tasks,
                                      shapes_task_arrays, shapes_task_datasets)
 from keras_siglip.data.m4 import (BalanceReport, balance_weights, balanced_subsample,
                                   statistics, weighted_dataset)
+from keras_siglip.data.views import silc_views
