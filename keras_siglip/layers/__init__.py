@@ -1,5 +1,6 @@
 from keras_siglip.layers.contrastive import ContrastiveHead, L2Normalize, l2_normalize
 from keras_siglip.layers.decoder import DecoderBlock, TextDecoder
+from keras_siglip.layers.distillation_head import DistillationHead
 from keras_siglip.layers.text import TextTransformer
 from keras_siglip.layers.vit import (
     Encoder,
