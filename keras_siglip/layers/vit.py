@@ -501,23 +501,31 @@ class VisionTransformer(keras.layers.Layer):
         x = x + ops.cast(self.embedding.bias, x.dtype)
         return ops.reshape(x, (-1, grid[0] * grid[1], self.width)), grid
 
-    def encode_tokens(self, images):
-        """Patch-embed, add positions and encode: `(B, H, W, C)` -> `(B, h*w, W)`."""
+    def encode_tokens(self, images, masked_patches=None, mask_token=None):
+        """Patch-embed, add positions and encode: `(B, H, W, C)` -> `(B, h*w, W)`.
+
+        `masked_patches` `(B, h*w)` bool and `mask_token` `(W,)`: the embeddings
+        of the masked patches are replaced by the token before positions are
+        added (masked prediction, SigLIP 2 stage B / TIPS, as in iBOT).
+        """
         x, grid = self.embed_images(images)
+        x = replace_masked(x, masked_patches, mask_token)
         x = self.position_embedding(x, grid_size=grid)
         if self.pooling == "token":
             cls = ops.cast(self.cls_token, x.dtype)
             x = ops.concatenate([ops.tile(cls, (ops.shape(x)[0], 1, 1)), x], axis=1)
         return self.encoder(x)
 
-    def encode_patches(self, patches, patch_coords, segment_ids, grid_shapes):
+    def encode_patches(self, patches, patch_coords, segment_ids, grid_shapes, masked_patches=None,
+                       mask_token=None):
         """NaFlex / packed token path: `(B, N, P*P*C)` patches -> `(B, N, W)`.
 
         Tokens attend only within their own image (`segment_ids` equal); padding
         (segment 0) attends only to padding, so no attention row is empty and
-        real tokens never see padding.
+        real tokens never see padding. `masked_patches` / `mask_token`: as in
+        `encode_tokens`.
         """
-        x = self.embedding(patches)
+        x = replace_masked(self.embedding(patches), masked_patches, mask_token)
         x = self.position_embedding(x, patch_coords=patch_coords, grid_shapes=grid_shapes)
         same_image = segment_ids[:, :, None] == segment_ids[:, None, :]
         return self.encoder(x, attention_mask=same_image)
@@ -539,19 +547,27 @@ class VisionTransformer(keras.layers.Layer):
             x = x[:, 0]
         return self.head(x) if self.head is not None else x
 
-    def call(self, inputs, return_tokens=False):
+    def call(self, inputs, return_tokens=False, masked_patches=None, mask_token=None):
+        """`(B, H, W, C)` images or the NaFlex / packed dict -> pooled `(B, D)`
+        (packed: `(B, S, D)`), or the tokens with `return_tokens=True`.
+
+        `masked_patches` `(B, N)` bool (True: hidden) with `mask_token` `(W,)`
+        replace those patches' embeddings by the token (masked prediction).
+        """
+        if (masked_patches is None) != (mask_token is None):
+            raise ValueError("masked_patches and mask_token go together: pass both or neither.")
         if isinstance(inputs, dict):
-            return self._call_patches(inputs, return_tokens)
+            return self._call_patches(inputs, return_tokens, masked_patches, mask_token)
         images = inputs
         if len(images.shape) != 4 or images.shape[-1] != self.num_channels:
             raise ValueError(
                 f"Expected images of shape (batch, height, width, {self.num_channels}); "
                 f"got shape {tuple(images.shape)}."
             )
-        tokens = self.encode_tokens(images)
+        tokens = self.encode_tokens(images, masked_patches, mask_token)
         return tokens if return_tokens else self.pool(tokens)
 
-    def _call_patches(self, inputs, return_tokens=False):
+    def _call_patches(self, inputs, return_tokens=False, masked_patches=None, mask_token=None):
         patches, coords = inputs["patches"], ops.cast(inputs["patch_coords"], "int32")
         patch_dim = self.patch_size * self.patch_size * self.num_channels
         if len(patches.shape) != 3 or patches.shape[-1] != patch_dim:
@@ -586,7 +602,7 @@ class VisionTransformer(keras.layers.Layer):
         # never used, and `resize_weights` keeps any grid finite).
         slot = ops.maximum(segments - 1, 0)[..., None]
         token_grid = ops.take_along_axis(grid, ops.concatenate([slot, slot], axis=-1), axis=1)
-        x = self.encode_patches(patches, coords, segments, token_grid)
+        x = self.encode_patches(patches, coords, segments, token_grid, masked_patches, mask_token)
         if return_tokens:
             return x
         if self.pooling == "none":
@@ -652,6 +668,21 @@ def image_grid_shapes(patch_coords, image_masks):
     if 0 in tuple(masked.shape):  # an empty batch: TF's and torch's max refuse empty tensors
         return ops.zeros((*ops.shape(masked)[:2], 2), "int32")
     return ops.max(masked, axis=2)
+
+
+def replace_masked(embeddings, masked_patches, mask_token):
+    """`(B, N, W)` patch embeddings with those where `masked_patches` `(B, N)`
+    is True replaced by `mask_token` `(W,)`; unchanged when both are None."""
+    if masked_patches is None:
+        return embeddings
+    got, expected = tuple(masked_patches.shape), tuple(embeddings.shape[:2])
+    if len(got) != 2 or any(a is not None and b is not None and a != b for a, b in zip(got, expected)):
+        raise ValueError(
+            f"masked_patches must have shape (batch, num_patches) = {tuple(embeddings.shape[:2])}; got "
+            f"{tuple(masked_patches.shape)}."
+        )
+    token = ops.cast(mask_token, embeddings.dtype)[None, None, :]
+    return ops.where(ops.cast(masked_patches, "bool")[..., None], token, embeddings)
 
 
 # big_vision `decode_variant`: name -> (width, depth, mlp_dim, num_heads).
