@@ -360,13 +360,19 @@ class TextDecoder(keras.layers.Layer):
         Returns:
             `(B, L, V)` logits.
         """
+        return self.logits_dense(self.hidden_states(input_ids, encoded, attention_mask, encoder_mask))
+
+    def hidden_states(self, input_ids, encoded, attention_mask=None, encoder_mask=None):
+        """As `decode`, but `(B, L, E)` after the final LayerNorm: the logits
+        are `hidden_states @ logits_dense.kernel + bias` (what a loss chunked
+        over the vocabulary takes, `losses.chunked_token_nll`)."""
         length = ops.shape(input_ids)[1]
         if attention_mask is None:
             attention_mask = causal_mask(length)[None]
         x = self.embed(input_ids)
         for block in self.blocks:
             x = block(x, encoded, attention_mask=attention_mask, encoder_mask=encoder_mask)
-        return self.logits(x)
+        return self.final_norm(x)
 
     def call(self, token_ids, encoded, parallel=None, mask_positions=None, encoder_mask=None):
         self._check_length(token_ids)

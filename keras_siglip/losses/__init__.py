@@ -1,5 +1,16 @@
-from keras_siglip.losses.captioning import CaptioningLoss, TokenAccuracy, caption_log_likelihood
-from keras_siglip.losses.distributed import cross_device_setup, gathered_sigmoid_loss, ring_sigmoid_loss
+from keras_siglip.losses.captioning import (
+    CaptioningLoss,
+    TokenAccuracy,
+    caption_log_likelihood,
+    chunked_token_nll,
+    per_caption_mean,
+)
+from keras_siglip.losses.distributed import (
+    cross_device_setup,
+    gathered_sigmoid_loss,
+    matching_pairs_sigmoid_loss,
+    ring_sigmoid_loss,
+)
 from keras_siglip.losses.sigmoid import (
     SigmoidLoss,
     chunked_sigmoid_loss,

@@ -27,6 +27,56 @@ def caption_log_likelihood(logits, token_ids, pad_id=PAD_ID):
     return ops.sum(token_log_probs(logits, token_ids) * weights, axis=-1)
 
 
+def chunked_token_nll(hidden_states, kernel, bias, token_ids, chunk_size=None):
+    """Per-token NLL of the targets without materialising the `(B, L, V)` logits.
+
+    The logits are `hidden_states @ kernel + bias`; the log-partition is
+    accumulated over `chunk_size` vocabulary columns at a time, each chunk
+    rematerialised in the backward pass (`keras.remat`), so one `(B, L, chunk)`
+    block of logits is live at a time: what a 256k vocabulary (SigLIP 2's
+    Gemma tokenizer) needs. Float32 from the logits on.
+
+    Args:
+        hidden_states: `(B, L, E)` decoder outputs after the final LayerNorm.
+        kernel: `(E, V)` output projection; bias: `(V,)`.
+        token_ids: `(B, L)` int targets.
+        chunk_size: vocabulary columns per chunk; None (or >= V): one block.
+
+    Returns:
+        `(B, L)` float32 `-log p(target)`.
+    """
+    vocabulary = kernel.shape[-1]
+    token_ids = ops.cast(token_ids, "int32")
+    target_kernel = ops.take(ops.transpose(kernel), token_ids, axis=0)  # (B, L, E)
+    target_logits = ops.sum(
+        ops.cast(hidden_states, "float32") * ops.cast(target_kernel, "float32"), axis=-1
+    ) + ops.cast(ops.take(bias, token_ids, axis=0), "float32")
+
+    def chunk_logsumexp(h, k, b):
+        logits = ops.matmul(h, ops.cast(k, h.dtype)) + ops.cast(b, h.dtype)
+        return ops.logsumexp(ops.cast(logits, "float32"), axis=-1)
+
+    if chunk_size is None or chunk_size >= vocabulary:
+        log_partition = chunk_logsumexp(hidden_states, kernel, bias)
+    else:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive number of vocabulary columns; got {chunk_size}.")
+        parts = [
+            keras.remat(chunk_logsumexp)(hidden_states, kernel[:, start:start + chunk_size],
+                                         bias[start:start + chunk_size])
+            for start in range(0, vocabulary, chunk_size)
+        ]
+        log_partition = ops.logsumexp(ops.stack(parts, axis=0), axis=0)
+    return log_partition - target_logits
+
+
+def per_caption_mean(token_losses, token_ids, pad_id=PAD_ID):
+    """`(B, L)` per-token losses -> `(B,)` means over each caption's non-pad
+    targets (`CaptioningLoss`'s normalisation; an all-padding caption is 0)."""
+    weights = ops.cast(ops.not_equal(token_ids, pad_id), "float32")
+    return ops.sum(token_losses * weights, axis=-1) / ops.maximum(ops.sum(weights, axis=-1), 2e-38)
+
+
 @keras.saving.register_keras_serializable(package="keras_siglip")
 class CaptioningLoss(keras.losses.Loss):
     """Token softmax cross-entropy, normalised per caption (big_vision
@@ -44,9 +94,7 @@ class CaptioningLoss(keras.losses.Loss):
         self.pad_id = pad_id
 
     def call(self, y_true, y_pred):
-        weights = ops.cast(ops.not_equal(y_true, self.pad_id), "float32")
-        nll = -token_log_probs(y_pred, y_true) * weights
-        return ops.sum(nll, axis=-1) / ops.maximum(ops.sum(weights, axis=-1), 2e-38)
+        return per_caption_mean(-token_log_probs(y_pred, y_true), y_true, self.pad_id)
 
     def get_config(self):
         return {**super().get_config(), "pad_id": self.pad_id}

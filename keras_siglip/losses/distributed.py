@@ -172,3 +172,21 @@ def cross_device_setup():
             size = torch.distributed.get_world_size()
             return ("gathered", size) if size > 1 else None
     return None
+
+
+def matching_pairs_sigmoid_loss(image_embeddings, text_embeddings, log_temperature, bias, chunk_size=None,
+                                cross_device=False):
+    """The sigmoid loss of matching pairs (image i with text i) from `(B, D)`
+    L2-normalised embeddings, in whichever form this step needs: chunked
+    (`chunk_size`), across devices (`cross_device`: the ring form on a JAX
+    mesh, the gathered form across TensorFlow replicas or torch processes),
+    or plain. Scaled so every form trains alike (Keras sums TensorFlow
+    replicas' gradients; torch's DDP averages them)."""
+    args = (image_embeddings, text_embeddings, log_temperature, bias)
+    setup = cross_device_setup() if cross_device else None
+    if setup is None:
+        return sigmoid_loss_from_embeddings(*args) if chunk_size is None else chunked_sigmoid_loss(*args, chunk_size)
+    if setup[0] == "ring":
+        return ring_sigmoid_loss(*args, mesh=setup[1], axis_name=setup[2], chunk_size=chunk_size)
+    loss = gathered_sigmoid_loss(*args, chunk_size=chunk_size)
+    return loss / setup[1] if keras.backend.backend() == "tensorflow" else loss

@@ -100,7 +100,7 @@ def ema_update(teacher_variables, student_variables, momentum):
                 f"{student.path} {tuple(student.shape)}."
             )
         m = ops.cast(momentum, teacher.dtype)
-        teacher.assign(m * teacher + (1 - m) * ops.cast(student, teacher.dtype))
+        teacher.assign(m * teacher + (1 - m) * ops.stop_gradient(ops.cast(student, teacher.dtype)))
 
 
 def random_patch_mask(batch_size, num_patches, ratio=0.5, seed=None):

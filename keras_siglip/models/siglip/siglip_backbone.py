@@ -4,8 +4,8 @@ from keras_hub.models import Backbone
 
 from keras_siglip.distribution import transformer_layout_map
 from keras_siglip.layers.contrastive import ContrastiveHead, L2Normalize, l2_normalize
-from keras_siglip.losses.distributed import cross_device_setup, gathered_sigmoid_loss, ring_sigmoid_loss
-from keras_siglip.losses.sigmoid import SigmoidLoss, chunked_sigmoid_loss, sigmoid_labels
+from keras_siglip.losses.distributed import cross_device_setup, matching_pairs_sigmoid_loss
+from keras_siglip.losses.sigmoid import SigmoidLoss, sigmoid_labels
 from keras_siglip.metrics import mean_pair_logits
 from keras_siglip.optimizers import SigLIPAdamW
 from keras_siglip.models.siglip.siglip_vision_encoder import image_inputs
@@ -194,7 +194,7 @@ class SigLIPBackbone(ArrayChecksMixin, PresetMixin, Backbone):
                 "per-replica losses."
             )
         if matching_pairs and (chunk_size or setup):
-            return self._loss_from_embeddings(y_pred, chunk_size, setup)
+            return self._loss_from_embeddings(y_pred, chunk_size, setup is not None)
         logits = y_pred["logits"]
         if y is None:
             y = sigmoid_labels(ops.shape(logits)[0], logits.dtype)
@@ -207,20 +207,13 @@ class SigLIPBackbone(ArrayChecksMixin, PresetMixin, Backbone):
             sample_weight = weights if sample_weight is None else sample_weight * weights
         return super().compute_loss(x, y, logits, sample_weight, training=training)
 
-    def _loss_from_embeddings(self, y_pred, chunk_size, setup):
+    def _loss_from_embeddings(self, y_pred, chunk_size, cross_device):
         """The loss of matching pairs from the embeddings: chunked and/or across devices."""
-        args = (
+        loss = matching_pairs_sigmoid_loss(
             y_pred["image_embeddings"], y_pred["text_embeddings"],
-            self.contrastive_head.log_temperature, self.contrastive_head.bias,
+            self.contrastive_head.log_temperature, self.contrastive_head.bias, chunk_size, cross_device,
         )
-        extra = ops.sum(self.losses) if self.losses else 0.0
-        if setup is None:
-            return chunked_sigmoid_loss(*args, chunk_size) + extra
-        if setup[0] == "ring":
-            return ring_sigmoid_loss(*args, mesh=setup[1], axis_name=setup[2], chunk_size=chunk_size) + extra
-        loss = gathered_sigmoid_loss(*args, chunk_size=chunk_size) + extra
-        # Keras sums TensorFlow replicas' gradients; torch's DDP averages them.
-        return loss / setup[1] if keras.backend.backend() == "tensorflow" else loss
+        return loss + ops.sum(self.losses) if self.losses else loss
 
     def _track_statistics(self, y_pred):
         # Here rather than in `compute_metrics`: JAX's stateless step maps the
