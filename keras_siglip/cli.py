@@ -75,6 +75,7 @@ def load(preset):
 def cmd_presets(args):
     from keras_siglip.models.siglip.siglip_presets import _shipped_metadata
     from keras_siglip.presets import PUBLISHED_PRESETS, SHIPPED_PRESETS, pali_gemma_presets, recipe_presets
+    from keras_siglip.presets.siglip2_recipes import COMMON, NOTES, RECIPES
 
     print("Shipped (load offline by name):")
     for name, path in SHIPPED_PRESETS.items():
@@ -103,6 +104,14 @@ def cmd_presets(args):
     for name, card in recipe_presets().items():
         meta = card["metadata"]
         print(f"  {name:34s} {meta['params']:>13,} params  {meta['description']}")
+    print("SigLIP 2 training recipe per size (ks.models.SigLIP2Pretrainer; all sizes: sigmoid + LocCa "
+          "decoder 1:1, stage B from 80%: f_size * (1.0 L_l2g + 0.25 L_mask)):")
+    for size, card in RECIPES.items():
+        print(f"  {size:8s} image {card['vision']}/16, text {card['text']}, decoder depth {card['decoder_depth']}, "
+              f"f_size {card['size_factor']}" + (f"; then {card['active_curation']}" if card["active_curation"] else ""))
+    if args.verbose:
+        for key, value in {**COMMON, **NOTES}.items():
+            print(f"      {key:24s} {value}")
 
 
 def cmd_zero_shot(args):

@@ -11,6 +11,7 @@ import functools
 import os
 
 from keras_siglip.layers.vit import decode_variant
+from keras_siglip.presets.siglip2_recipes import RECIPES, recipe_card
 
 PRESETS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -213,12 +214,14 @@ def pali_gemma_presets():
 def list_presets():
     """Every preset name this package knows, by section (what `keras-siglip
     presets` prints): `{"shipped": {name: folder}, "published": SigLIP cards,
-    "pali_gemma": PaliGemma cards, "recipes": recipe cards}`."""
+    "pali_gemma": PaliGemma cards, "recipes": recipe cards, "siglip2_training":
+    the SigLIP 2 training recipe per size (`SigLIP2Pretrainer`)}`."""
     return {
         "shipped": dict(SHIPPED_PRESETS),
         "published": dict(PUBLISHED_PRESETS),
         "pali_gemma": dict(pali_gemma_presets()),
         "recipes": dict(recipe_presets()),
+        "siglip2_training": {size: recipe_card(size) for size in RECIPES},
     }
 
 

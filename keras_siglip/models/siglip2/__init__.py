@@ -1,0 +1,6 @@
+from keras_siglip.presets.siglip2_recipes import COMMON, RECIPES, recipe_card, size_factor_for_width
+from keras_siglip.models.siglip2.siglip2_pretrainer import (
+    DistillationState,
+    DistillationSwitch,
+    SigLIP2Pretrainer,
+)
