@@ -13,3 +13,4 @@ from keras_siglip.data.tasks import (COUNT_WORDS, SHAPES_TASKS, mix_tasks,
 from keras_siglip.data.m4 import (BalanceReport, balance_weights, balanced_subsample,
                                   statistics, weighted_dataset)
 from keras_siglip.data.views import silc_views
+from keras_siglip.data.recipe import draw_tasks, recipe_dataset, shapes_recipe_examples
