@@ -120,7 +120,10 @@ class PositionEmbedding(keras.layers.Layer):
         if tuple(size) != self.grid_size:
             rows = resize_weights(ops.arange(size[0]), size[0], self.grid_size[0])
             cols = resize_weights(ops.arange(size[1]), size[1], self.grid_size[1])
-            table = ops.einsum("yg,gkd,xk->yxd", rows, table, cols)
+            # In float32: under mixed precision the table is read in bfloat16 (torch's
+            # einsum refuses mixed dtypes) and interpolation weights need the bits.
+            resized = ops.einsum("yg,gkd,xk->yxd", rows, ops.cast(table, "float32"), cols)
+            table = ops.cast(resized, table.dtype)
         return ops.reshape(table, (size[0] * size[1], -1))
 
     def at(self, patch_coords, grid_shapes):
