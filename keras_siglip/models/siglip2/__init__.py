@@ -4,3 +4,9 @@ from keras_siglip.models.siglip2.siglip2_pretrainer import (
     DistillationSwitch,
     SigLIP2Pretrainer,
 )
+from keras_siglip.models.siglip2.resolution import (
+    NAFLEX_SEQUENCE_LENGTHS,
+    StretchedSchedule,
+    at_resolution,
+    pi_resize_patch_kernel,
+)

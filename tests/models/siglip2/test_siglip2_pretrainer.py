@@ -354,3 +354,30 @@ def test_backbone_after_training_is_a_plain_two_tower_model(tmp_path):
     )
     assert len(restored.weights) == len(model.backbone.weights)
     assert not any("teacher" in w.path or "decoder" in w.path for w in restored.weights)
+
+
+def test_mixed_bfloat16_and_remat_train():
+    """bfloat16 towers with rematerialised blocks: every term finite, the
+    teacher and heads in the backbone's policy, the loss terms in float32."""
+    keras.utils.set_random_seed(0)
+    dtype = "mixed_bfloat16"
+    backbone = SigLIPBackbone(
+        SigLIPVisionEncoder(patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64, image_size=32,
+                            remat=True, dtype=dtype),
+        SigLIPTextEncoder(vocabulary_size=TEXT_VOCAB, width=24, depth=2, num_heads=2, mlp_dim=48,
+                          sequence_length=8, num_classes=32, remat=True, dtype=dtype),
+        dtype=dtype,
+    )
+    model = SigLIP2Pretrainer(backbone, total_steps=4, num_loc_tokens=LOC, size_factor=0.5, num_prototypes=24,
+                              head_hidden_dim=16, head_bottleneck_dim=8, seed=0, compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.start_distillation()  # stage B's step holds stage A's
+    logs = model.train_on_batch(make_inputs(), return_dict=True)
+    state = model.distillation
+    assert state.teacher_vit.compute_dtype == "bfloat16" and state.teacher_vit.remat
+    assert model.decoder.compute_dtype == "bfloat16"
+    out = model(make_inputs(), training=False)
+    for term in ("distillation_loss", "masked_prediction_loss"):
+        assert keras.backend.standardize_dtype(out[term].dtype) == "float32"
+    for term in ("sigmoid_loss", "decoder_loss", "distillation_loss", "masked_prediction_loss"):
+        assert np.isfinite(logs[term]) and logs[term] > 0, (term, logs)
