@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from conftest import tiny_backbone  # noqa: E402
 
 from keras_siglip.losses import SigmoidLoss, ring_sigmoid_loss, sigmoid_loss_from_embeddings  # noqa: E402
+from keras_siglip.losses import distributed  # noqa: E402
 from keras_siglip.models.siglip import siglip_backbone  # noqa: E402
 
 DEVICES = keras.distribution.list_devices()
@@ -82,8 +83,8 @@ def train(distribution, chunk_size=None):
 def main():
     results = {"devices": len(DEVICES), "ring": ring_vs_plain()}
     ring_calls = []
-    original = siglip_backbone.ring_sigmoid_loss
-    siglip_backbone.ring_sigmoid_loss = lambda *a, **k: ring_calls.append(1) or original(*a, **k)
+    original = distributed.ring_sigmoid_loss
+    distributed.ring_sigmoid_loss = lambda *a, **k: ring_calls.append(1) or original(*a, **k)
 
     single_history, single_weights, _ = train(None)
     runs = {

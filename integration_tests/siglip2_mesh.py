@@ -1,7 +1,7 @@
 """SigLIP2Pretrainer on 4 virtual CPU devices (JAX) vs one device.
 
 Run by test_distribution.py in a subprocess (the device count is set before
-JAX starts). Six SGD steps of a tiny pretrainer, stage B from step 3 (the
+JAX starts). Six SGD steps of a tiny pretrainer, data parallel (the sigmoid term as the ring loss), stage B from step 3 (the
 teacher, heads and mask token are created on the mesh mid-fit); prints one
 JSON object with the largest differences in logged losses and final weights.
 """
@@ -19,7 +19,6 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from tests.models.siglip2.test_siglip2_pretrainer import make_inputs, make_pretrainer  # noqa: E402
 
-from keras_siglip.models import SigLIPBackbone  # noqa: E402
 from keras_siglip.models.siglip2 import siglip2_pretrainer  # noqa: E402
 
 DEVICES = keras.distribution.list_devices()
@@ -47,12 +46,7 @@ def main():
     original = siglip2_pretrainer.matching_pairs_sigmoid_loss
     siglip2_pretrainer.matching_pairs_sigmoid_loss = lambda *a, **k: ring_calls.append(1) or original(*a, **k)
     single_logs, single_weights, _ = train(None)
-    mesh = keras.distribution.DeviceMesh((4,), ["batch"], DEVICES)
-    runs = {
-        "data_parallel": keras.distribution.DataParallel(devices=DEVICES),
-        "fsdp": keras.distribution.ModelParallel(
-            layout_map=SigLIPBackbone.get_layout_map(mesh, model_axis=None), batch_dim_name="batch"),
-    }
+    runs = {"data_parallel": keras.distribution.DataParallel(devices=DEVICES)}
     results = {"devices": len(DEVICES), "single_stage_b": single_logs[-1]["distillation_loss"]}
     for name, distribution in runs.items():
         logs, weights, distilling = train(distribution)
