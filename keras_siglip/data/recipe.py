@@ -116,12 +116,13 @@ def shapes_recipe_examples(dataset):
 
     from keras_siglip.data.shapes import with_article
 
-    arrays = dataset.arrays()
-    regions = [with_article(f"{dataset[i]['attributes'].color} {dataset[i]['attributes'].shape}")
-               for i in range(len(dataset))]
+    examples = [dataset[i] for i in range(len(dataset))]  # each image rendered once
+    one_shape = [len(ex["boxes"]) == 1 for ex in examples]
     return tf.data.Dataset.from_tensor_slices({
-        "image": arrays["images"],
-        "caption": arrays["captions"],
-        "region_text": np.array(regions),
-        "box": np.where((arrays["num_boxes"] == 1)[:, None], arrays["boxes"][:, 0], -1.0).astype(np.float32),
+        "image": np.stack([ex["image"] for ex in examples]),
+        "caption": np.array([ex["caption"] for ex in examples]),
+        "region_text": np.array([with_article(f"{ex['attributes'].color} {ex['attributes'].shape}")
+                                 for ex in examples]),
+        "box": np.array([ex["boxes"][0] if single else [-1.0] * 4 for ex, single in zip(examples, one_shape)],
+                        np.float32),
     })
