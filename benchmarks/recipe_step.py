@@ -7,7 +7,10 @@
 Three steps on the same backend, each in its own process (so peak memory is
 its own): `plain` (`SigLIPBackbone.fit` step, sigmoid loss), `stage A`
 (`SigLIP2Pretrainer`: sigmoid + LocCa decoder) and `stage B` (plus the EMA
-teacher, 8 local views at half resolution, masked prediction). Reports the
+teacher, 8 local views at half resolution, masked prediction), and `stage D`
+(`ActiveCurationTrainer`: a same-size frozen reference and the learner score a
+super-batch of twice the batch, half is selected jointly and trained on;
+`stage D cached`: the reference's embeddings come with the data). Reports the
 median step time (after compiling) and the process's peak resident memory,
 and each as a ratio to `plain`. Writes `recipe_step.json`.
 """
@@ -28,11 +31,13 @@ CONFIGS = {
     "tiny": ("mu/16", "mu", 64, 16, 8),
 }
 # The paper's DINO heads (65,536 prototypes) for real sizes; small ones for the smoke test.
+MODES = ("plain", "stage_a", "stage_b", "stage_d", "stage_d_cached")
 HEADS = {"tiny": dict(num_prototypes=1024, head_hidden_dim=128, head_bottleneck_dim=64)}
 
 
 def _one(mode, config, steps, local_views):
     import numpy as np
+    from keras import ops
 
     import keras_siglip as ks
     from keras_siglip.layers.vit import decode_variant
@@ -41,15 +46,26 @@ def _one(mode, config, steps, local_views):
     vocabulary = 500 if config == "tiny" else 32_000
     image = decode_variant(vision)
     words = decode_variant(text)
-    backbone = ks.models.SigLIPBackbone(
-        ks.models.SigLIPVisionEncoder(**image, image_size=size),
-        ks.models.SigLIPTextEncoder(**words, vocabulary_size=vocabulary, sequence_length=length,
-                                    num_classes=image["width"]),
-    )
+
+    def two_towers():
+        return ks.models.SigLIPBackbone(
+            ks.models.SigLIPVisionEncoder(**image, image_size=size),
+            ks.models.SigLIPTextEncoder(**words, vocabulary_size=vocabulary, sequence_length=length,
+                                        num_classes=image["width"]),
+        )
+
+    backbone = two_towers()
     rng = np.random.default_rng(0)
-    x = {"images": rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32"),
-         "token_ids": rng.integers(2, vocabulary, (batch, length)).astype("int32")}
-    if mode == "plain":
+    examples = 2 * batch if mode.startswith("stage_d") else batch  # stage D: a super-batch
+    x = {"images": rng.uniform(-1, 1, (examples, size, size, 3)).astype("float32"),
+         "token_ids": rng.integers(2, vocabulary, (examples, length)).astype("int32")}
+    if mode.startswith("stage_d"):
+        reference = two_towers()
+        model = ks.models.ActiveCurationTrainer(backbone, reference, filter_ratio=0.5, num_chunks=4, seed=0)
+        if mode == "stage_d_cached":
+            x["reference_image_embeddings"] = ops.convert_to_numpy(reference.encode_images(x["images"]))
+            x["reference_text_embeddings"] = ops.convert_to_numpy(reference.encode_texts(x["token_ids"]))
+    elif mode == "plain":
         model = backbone
         model.compile(optimizer=ks.optimizers.SigLIPAdamW())
     else:
@@ -91,7 +107,7 @@ def main(argv=None):
     backend = keras.backend.backend()
     rows = []
     print(f"{backend}, {args.config} (batch {CONFIGS[args.config][4]}), median of {args.steps} steps:", flush=True)
-    for mode in ("plain", "stage_a", "stage_b"):
+    for mode in MODES:
         run = subprocess.run(
             [sys.executable, "-m", "benchmarks.recipe_step", "--worker", mode, "--config", args.config,
              "--steps", str(args.steps), "--local-views", str(args.local_views)],
@@ -102,7 +118,7 @@ def main(argv=None):
         row = json.loads(run.stdout.strip().splitlines()[-1])
         rows.append(row)
         plain = rows[0]
-        print(f"  {mode:8s} {row['step_ms']:9.1f} ms/step ({row['step_ms'] / plain['step_ms']:.2f}x plain)  "
+        print(f"  {mode:14s} {row['step_ms']:9.1f} ms/step ({row['step_ms'] / plain['step_ms']:.2f}x plain)  "
               f"peak {row['peak_rss_mib']:7.0f} MiB ({row['peak_rss_mib'] / plain['peak_rss_mib']:.2f}x)  "
               f"compile {row['compile_s']:.0f}s  {row['weights']:,} weights", flush=True)
     result = {"backend": backend, "config": args.config, "steps": args.steps, "local_views": args.local_views,

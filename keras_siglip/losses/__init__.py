@@ -14,6 +14,7 @@ from keras_siglip.losses.distributed import (
 from keras_siglip.losses.sigmoid import (
     SigmoidLoss,
     chunked_sigmoid_loss,
+    pairwise_sigmoid_losses,
     sigmoid_labels,
     sigmoid_loss_from_embeddings,
 )

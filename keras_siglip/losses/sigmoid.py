@@ -68,6 +68,14 @@ def sigmoid_loss_from_embeddings(image_embeddings, text_embeddings, log_temperat
     return -ops.mean(ops.sum(ops.log_sigmoid(ops.cast(labels, logits.dtype) * logits), axis=-1))
 
 
+def pairwise_sigmoid_losses(image_embeddings, text_embeddings, log_temperature, bias):
+    """`(B, B)` loss of every pair: `-log sigmoid(z_ij * (exp(t) <x_i, y_j> + b))`
+    with `z_ij = +1` for the matching pair `i == j` and -1 otherwise (the terms
+    `sigmoid_loss_from_embeddings` sums over texts and averages over images)."""
+    logits = ops.exp(log_temperature) * ops.matmul(image_embeddings, ops.transpose(text_embeddings)) + bias
+    return -ops.log_sigmoid(ops.cast(sigmoid_labels(ops.shape(logits)[0]), logits.dtype) * logits)
+
+
 def chunked_sigmoid_loss(image_embeddings, text_embeddings, log_temperature, bias, chunk_size, positive_offset=0):
     """The SigLIP loss from embeddings, without ever holding the B x M logits.
 

@@ -31,4 +31,4 @@ from keras_siglip.models.siglip import (
     SigLIPVisionEncoder,
     SigLIPZeroShotClassifier,
 )
-from keras_siglip.models.siglip2 import SigLIP2Pretrainer
+from keras_siglip.models.siglip2 import ActiveCurationTrainer, SigLIP2Pretrainer

@@ -49,6 +49,9 @@ NOTES = {
     "head": "DINO head: 3-layer MLP (hidden 2048, bottleneck 256) to 65,536 prototypes (UNCONFIRMED; DINO's)",
     "temperatures": "student 0.1, teacher 0.04, centre momentum 0.9 (UNCONFIRMED; DINO's)",
     "ema_momentum": "fixed (SILC); value UNCONFIRMED, 0.996 here (DINO's starting value)",
+    "active_curation": "stage D (ActiveCurationTrainer): lr 1e-5, no weight decay, sigmoid loss only; "
+                       "learnability = learner - reference per-pair sigmoid loss, JEST joint selection in 16 "
+                       "chunks (ACID's exact formula UNCONFIRMED)",
 }
 
 

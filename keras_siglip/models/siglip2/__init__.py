@@ -10,3 +10,8 @@ from keras_siglip.models.siglip2.resolution import (
     at_resolution,
     pi_resize_patch_kernel,
 )
+from keras_siglip.models.siglip2.active_curation import (
+    ActiveCurationTrainer,
+    joint_selection,
+    learnability_scores,
+)

@@ -56,13 +56,13 @@ from keras_siglip.models.cappa.locca_preprocessor import CAP
 from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
 from keras_siglip.presets.siglip2_recipes import size_factor_for_width
 from keras_siglip.optimizers import SigLIPAdamW
+from keras_siglip.utils.seeds import SavedSeedMixin
 from keras_siglip.utils.tensors import ArrayChecksMixin, check_token_ids
 
 TERMS = ("sigmoid_loss", "decoder_loss", "distillation_loss", "masked_prediction_loss")
 LOGGED = TERMS + ("temperature", "bias", "ema_momentum")
 VIEW_KEYS = ("global_view", "local_views")
 DECODER_KEYS = ("decoder_token_ids", "decoder_targets", "tasks")
-_SEED_KEY = "seed_generator_state"
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -119,7 +119,7 @@ class DistillationState(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class SigLIP2Pretrainer(ArrayChecksMixin, Task):
+class SigLIP2Pretrainer(SavedSeedMixin, ArrayChecksMixin, Task):
     """Train a `SigLIPBackbone` with the SigLIP 2 recipe (stages A and B).
 
     Args:
@@ -321,21 +321,15 @@ class SigLIP2Pretrainer(ArrayChecksMixin, Task):
     def load_weights(self, filepath, *args, **kwargs):
         """As `keras.Model.load_weights`; a checkpoint saved in stage B starts
         stage B first (so `BackupAndRestore` resumes mid-stage)."""
-        if not self.distilling and _saved_in_stage_b(filepath):
-            self.start_distillation(initialise=False)
+        self.prepare_to_load(filepath)
         return super().load_weights(filepath, *args, **kwargs)
 
-    # The random draws (parallel prediction, patch masks) are saved with the
-    # weights, so a resumed run draws what an uninterrupted one would.
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        store[_SEED_KEY] = self.seed_generator.state
-
-    def load_own_variables(self, store):
-        own = {key: store[key] for key in store.keys() if key != _SEED_KEY}
-        if _SEED_KEY in store.keys():
-            self.seed_generator.state.assign(store[_SEED_KEY])
-        super().load_own_variables(own)
+    def prepare_to_load(self, filepath):
+        """Start stage B (without copying) if the checkpoint at `filepath` (a
+        `.weights.h5` file or an Orbax checkpoint folder) was saved in it.
+        `load_weights` and `keras_siglip.callbacks.load_sharded_state` call it."""
+        if not self.distilling and _saved_in_stage_b(filepath):
+            self.start_distillation(initialise=False)
 
     def fit(self, *args, callbacks=None, **kwargs):
         """`keras.Model.fit`, plus the callback that starts stage B at
@@ -534,8 +528,14 @@ class DistillationSwitch(keras.callbacks.Callback):
 
 
 def _saved_in_stage_b(filepath):
-    """Whether a `.weights.h5` file holds stage-B weights (the teacher)."""
+    """Whether a `.weights.h5` file or an Orbax checkpoint folder holds
+    stage-B weights (the teacher)."""
     path = str(filepath)
+    from keras_siglip.callbacks import checkpoint_variable_paths, is_orbax_checkpoint
+
+    if is_orbax_checkpoint(path):
+        paths = checkpoint_variable_paths(path).get("trainable_variables", [])
+        return any("distillation" in p.split("/") for p in paths)
     if not path.endswith(".weights.h5"):
         return False
     import h5py
