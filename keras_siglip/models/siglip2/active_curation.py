@@ -188,6 +188,25 @@ class ActiveCurationTrainer(SavedSeedMixin, ArrayChecksMixin, Task):
         """`b`: the pairs trained on from a super-batch of `super_batch_size`."""
         return int(round((1.0 - self.filter_ratio) * super_batch_size))
 
+    def fit(self, x=None, y=None, batch_size=None, **kwargs):
+        """`keras.Model.fit`. In-memory inputs must split into whole
+        super-batches of `batch_size` (a partial one would change what is
+        selected, and the step's shapes); on TensorFlow they are batched with
+        static shapes (in order, as keras-hub batches arrays on every backend)."""
+        arrays = isinstance(x, dict) and all(hasattr(value, "shape") for value in x.values())
+        if arrays and not _is_dataset(x):
+            count, size = len(next(iter(x.values()))), batch_size or 32
+            if count % size:
+                raise ValueError(f"ActiveCurationTrainer selects from whole super-batches: {count} examples "
+                                 f"do not split into super-batches of {size}; drop {count % size} or change "
+                                 "batch_size.")
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                x = tf.data.Dataset.from_tensor_slices(x).batch(size, drop_remainder=True)
+                batch_size = None
+        return super().fit(x, y, batch_size=batch_size, **kwargs)
+
     # === Forward ===
 
     def call(self, inputs, training=False):
@@ -196,6 +215,9 @@ class ActiveCurationTrainer(SavedSeedMixin, ArrayChecksMixin, Task):
             return self._embed(self.backbone, inputs)
         scores = self.score(inputs)
         size = scores.shape[0]
+        if size is None:
+            raise ValueError("ActiveCurationTrainer needs a static super-batch size: batch a tf.data "
+                             "dataset with drop_remainder=True.")
         count = self.selected_count(size)
         noise = gumbel_noise((self.num_chunks, size), self.seed_generator)
         selection = joint_selection(scores, count, self.num_chunks, noise)
@@ -304,6 +326,10 @@ class ActiveCurationTrainer(SavedSeedMixin, ArrayChecksMixin, Task):
         if isinstance(config.get("sigmoid_loss"), dict):
             config["sigmoid_loss"] = keras.losses.deserialize(config["sigmoid_loss"])
         return cls(**config)
+
+
+def _is_dataset(x):
+    return type(x).__module__.startswith(("tensorflow", "torch.utils"))
 
 
 def _check_compatible(learner, reference):

@@ -223,6 +223,17 @@ def test_compiled_fit_traces_once_and_resumes_its_draws(tmp_path, monkeypatch):
                                   as_numpy(model(x, training=True)["selection"]))
 
 
+def test_fit_on_arrays_takes_whole_super_batches():
+    """Arrays work on every backend (TensorFlow: batched statically) when they
+    split into whole super-batches; otherwise a clear error before training."""
+    model = make_trainer()
+    x = make_inputs(batch=2 * SUPER_BATCH)
+    history = model.fit(x, batch_size=SUPER_BATCH, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    with pytest.raises(ValueError, match="do not split into super-batches of 16"):
+        model.fit(make_inputs(batch=SUPER_BATCH + 4), batch_size=SUPER_BATCH, verbose=0)
+
+
 def test_config_round_trip_and_evaluation_selects_nothing():
     model = make_trainer(filter_ratio=0.75, num_chunks=2)
     clone = ActiveCurationTrainer.from_config(model.get_config())
