@@ -14,3 +14,5 @@ from keras_siglip.data.m4 import (BalanceReport, balance_weights, balanced_subsa
                                   statistics, weighted_dataset)
 from keras_siglip.data.views import silc_views
 from keras_siglip.data.recipe import draw_tasks, recipe_dataset, shapes_recipe_examples
+from keras_siglip.data.naflex_continuation import (draw_sequence_lengths, naflex_batches,
+                                                   naflex_continuation_dataset, per_length_batch_sizes)

@@ -16,6 +16,12 @@ detector's pseudo-labels, see below) `recipe_dataset` makes batches of
   `"local_views"` `(B, V, h', w', 3)` cropped from the raw image
   (`silc_views`), on the model's [-1, 1] scale.
 
+With a NaFlex preprocessor the images become `"patches"`, `"patch_mask"`,
+`"patch_coords"` instead of `"images"`, at a sequence length drawn per batch
+(`naflex_batches`: stage C's NaFlex continuation, the paper's lengths by
+default, half the batch at 1024); images may differ in size. That stage has
+no self-distillation, so it takes no views.
+
 Your own pseudo-labels: run an open-vocabulary detector (OWL-ViT, as the paper
 does) over the images with n-grams of each caption as queries, keep boxes
 scoring >= 0.3, and store one box per image as normalised `[y1, x1, y2, x2]`
@@ -25,7 +31,9 @@ image and task).
 
 import tensorflow as tf
 
+from keras_siglip.data.naflex_continuation import naflex_batches
 from keras_siglip.data.views import NUM_LOCAL_VIEWS, silc_views
+from keras_siglip.models.siglip2.resolution import NAFLEX_SEQUENCE_LENGTHS
 from keras_siglip.models.cappa.locca_preprocessor import CAP
 
 TASK_WEIGHTS = (1.0, 1.0, 1.0)  # caption, referring expression, grounded caption
@@ -44,7 +52,8 @@ def draw_tasks(seed, has_region, task_weights=TASK_WEIGHTS):
 
 
 def recipe_dataset(dataset, preprocessor, decoder_preprocessor, batch_size, num_local_views=NUM_LOCAL_VIEWS,
-                   global_size=None, local_size=None, task_weights=TASK_WEIGHTS, seed=0):
+                   global_size=None, local_size=None, task_weights=TASK_WEIGHTS, seed=0,
+                   sequence_lengths=NAFLEX_SEQUENCE_LENGTHS, batch_sizes=None, length_weights=None):
     """Unbatched examples -> batches of `SigLIP2Pretrainer` inputs.
 
     Args:
@@ -63,15 +72,23 @@ def recipe_dataset(dataset, preprocessor, decoder_preprocessor, batch_size, num_
             converter's size and half of it).
         task_weights: relative frequencies of the three LocCa tasks.
         seed: int seed of the tasks and crops (same seed, same batches).
+        sequence_lengths, batch_sizes, length_weights: with a NaFlex
+            preprocessor, the lengths drawn per batch, per-length batch sizes
+            and the lengths' frequencies (`naflex_batches`).
 
     Returns:
         A batched `tf.data.Dataset` of input dicts (no `y`).
     """
-    size = tuple(preprocessor.image_converter.image_size)
-    global_size = tuple(global_size or size)
-    local_size = tuple(local_size or (max(1, size[0] // 2), max(1, size[1] // 2)))
     converter = preprocessor.image_converter
-    scale, offset = float(converter.scale), float(converter.offset)
+    naflex = hasattr(converter, "max_num_patches")
+    if naflex and num_local_views:
+        raise ValueError("The NaFlex continuation trains without self-distillation (SigLIP 2, stage C): "
+                         "pass num_local_views=0 with a NaFlex preprocessor.")
+    if not naflex:
+        size = tuple(converter.image_size)
+        global_size = tuple(global_size or size)
+        local_size = tuple(local_size or (max(1, size[0] // 2), max(1, size[1] // 2)))
+        scale, offset = float(converter.scale), float(converter.offset)
 
     def add_views(index, example):
         example = dict(example)
@@ -84,14 +101,19 @@ def recipe_dataset(dataset, preprocessor, decoder_preprocessor, batch_size, num_
         return example
 
     def to_inputs(index, batch):
-        texts = preprocessor({"images": batch["image"], "texts": batch["caption"]})
+        if naflex:
+            texts = {**preprocessor({"texts": batch["caption"]}),
+                     **{key: batch[key] for key in ("patches", "patch_mask", "patch_coords")}}
+        else:
+            texts = preprocessor({"images": batch["image"], "texts": batch["caption"]})
         box = tf.cast(batch["box"], tf.float32)
         has_region = tf.logical_and(tf.reduce_all(box >= 0, axis=-1), tf.strings.length(batch["region_text"]) > 0)
         tasks = draw_tasks(tf.stack([tf.cast(seed, tf.int64) + 1, index]), has_region, task_weights)
         decoder_texts = tf.where(tasks == CAP, batch["caption"], batch["region_text"])
         token_ids, loss_mask, tasks = decoder_preprocessor.build_sequences(tasks, decoder_texts, tf.maximum(box, 0.0))
+        image_keys = ("patches", "patch_mask", "patch_coords") if naflex else ("images",)
         inputs = {
-            "images": texts["images"],
+            **{key: texts[key] for key in image_keys},
             "token_ids": texts["token_ids"],
             "decoder_token_ids": token_ids,
             "decoder_targets": tf.where(loss_mask, token_ids, tf.zeros_like(token_ids)),
@@ -103,7 +125,11 @@ def recipe_dataset(dataset, preprocessor, decoder_preprocessor, batch_size, num_
         return inputs
 
     views = dataset.enumerate().map(add_views, num_parallel_calls=tf.data.AUTOTUNE)
-    batches = views.batch(batch_size, drop_remainder=True).enumerate()
+    if naflex:
+        batches = naflex_batches(views, converter, batch_size, sequence_lengths, batch_sizes, length_weights,
+                                 seed).enumerate()
+    else:
+        batches = views.batch(batch_size, drop_remainder=True).enumerate()
     return batches.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 

@@ -68,3 +68,40 @@ def test_examples_without_a_region_get_the_caption_task():
     np.testing.assert_allclose(counts, [1 / 3] * 3, atol=0.08)
     only_aref = draw_tasks(tf.constant([3, 4], tf.int64), has_region, (0.0, 1.0, 0.0)).numpy()
     assert np.all(only_aref[0::2] == AREF)
+
+
+def test_naflex_preprocessor_gives_stage_c_batches_that_train(setup):
+    """With a NaFlex preprocessor: NaFlex keys at a length drawn per batch, the
+    same LocCa targets, no views; a NaFlex pretrainer trains on them."""
+    import keras
+
+    from keras_siglip.layers import NaFlexImageConverter
+    from keras_siglip.models import SigLIP2Pretrainer, SigLIPBackbone, SigLIPTextEncoder, SigLIPVisionEncoder
+
+    data, text, decoder = setup
+    # The model first: `set_random_seed` clears TensorFlow's kernels, the tokenizer's with them.
+    keras.utils.set_random_seed(0)
+    backbone = SigLIPBackbone(
+        SigLIPVisionEncoder(patch_size=8, width=32, depth=1, num_heads=2, mlp_dim=64, input_format="naflex"),
+        SigLIPTextEncoder(vocabulary_size=text.tokenizer.vocabulary_size(), width=24, depth=2, num_heads=2,
+                          mlp_dim=48, sequence_length=12, num_classes=32))
+    model = SigLIP2Pretrainer(backbone, total_steps=4, distillation_start=None, num_loc_tokens=32,
+                              decoder_sequence_length=16, compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    naflex = SigLIPPreprocessor(text.tokenizer, NaFlexImageConverter(patch_size=8, max_num_patches=16),
+                                sequence_length=12)
+    with pytest.raises(ValueError, match="num_local_views=0"):
+        recipe_dataset(shapes_recipe_examples(data), naflex, decoder, batch_size=8)
+    dataset = recipe_dataset(shapes_recipe_examples(data), naflex, decoder, batch_size=8, num_local_views=0,
+                             sequence_lengths=(4, 16), batch_sizes={16: 4}, seed=1)
+    found = [{k: v.numpy() for k, v in b.items()} for b in dataset.take(4)]
+    lengths = {b["patches"].shape[1] for b in found}
+    assert lengths == {4, 16}, lengths
+    for b in found:
+        rows, length = b["patches"].shape[:2]
+        assert rows == (4 if length == 16 else 8) and b["patches"].shape[2] == 8 * 8 * 3
+        assert b["patch_mask"].shape == (rows, length) and b["patch_coords"].shape == (rows, length, 2)
+        assert b["token_ids"].shape == (rows, 12) and b["decoder_token_ids"].shape == (rows, 16)
+        assert "images" not in b and "local_views" not in b
+    history = model.fit(dataset.take(4), epochs=1, verbose=0)
+    assert np.isfinite(history.history["decoder_loss"][-1]) and history.history["sigmoid_loss"][-1] > 0

@@ -144,7 +144,8 @@ class SigLIP2Pretrainer(SavedSeedMixin, ArrayChecksMixin, Task):
             how the image-text loss runs (default `SigmoidLoss()`: across
             devices on a mesh).
         size_factor: `f_size`; default from the image width (B 0.25, L 0.5,
-            So400m 1.0, g-opt 0.5); other widths must pass it.
+            So400m 1.0, g-opt 0.5); other widths must pass it (unless stage B
+            never starts).
         local_to_global_weight, masked_prediction_weight, decoder_weight:
             the terms' weights (1.0, 0.25, 1.0).
         ema_momentum: the teacher's fixed EMA momentum.
@@ -212,8 +213,8 @@ class SigLIP2Pretrainer(SavedSeedMixin, ArrayChecksMixin, Task):
                 raise ValueError(f"{name} must lie in [0, 1]; got {value}.")
         vit = backbone.vision_encoder.vit
         text = backbone.text_encoder.transformer
-        if size_factor is None:
-            size_factor = size_factor_for_width(vit.width)
+        if size_factor is None:  # weighs the stage-B terms only
+            size_factor = size_factor_for_width(vit.width) if distillation_start is not None else 0.0
         dtype = kwargs.pop("dtype", None) or backbone.dtype_policy
         compile_now = kwargs.pop("compile", True)
         # Layers are set after `Task.__init__`: before it, torch would not track them.
