@@ -23,12 +23,15 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
+        # Sharded backups (keras_siglip.callbacks.ShardedBackupAndRestore).
+        "orbax": ["orbax-checkpoint==0.12.8"],
         "test": [
             "pytest>=8",
             "pytest-xdist==3.8.0",
             "hypothesis==6.170.15",
             "torch==2.13.0",
             "transformers==5.23.0",
+            "orbax-checkpoint==0.12.8",
         ],
     },
     entry_points={"console_scripts": ["keras-siglip=keras_siglip.cli:main"]},

@@ -532,16 +532,16 @@ def _saved_in_stage_b(filepath):
     """Whether a `.weights.h5` file or an Orbax checkpoint folder holds
     stage-B weights (the teacher)."""
     path = str(filepath)
+    if path.endswith(".weights.h5"):
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            found = []
+            f.visit(lambda name: found.append(name) if "distillation" in name.split("/") else None)
+            return bool(found)
     from keras_siglip.callbacks import checkpoint_variable_paths, is_orbax_checkpoint
 
     if is_orbax_checkpoint(path):
         paths = checkpoint_variable_paths(path).get("trainable_variables", [])
         return any("distillation" in p.split("/") for p in paths)
-    if not path.endswith(".weights.h5"):
-        return False
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        found = []
-        f.visit(lambda name: found.append(name) if "distillation" in name.split("/") else None)
-        return bool(found)
+    return False
