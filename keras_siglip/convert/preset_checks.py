@@ -6,7 +6,9 @@ bare `OSError` / `JSONDecodeError` naming nothing, an integer or boolean
 dataset is silently cast into a float weight, and NaN weights load. Here a
 local preset folder is checked around keras-hub's loading (`load_checked`):
 
-- before: every top-level `.json` file parses; the weight files exist, open
+- before: every top-level `.json` file parses; the weight files match the
+  sizes and SHA-256 recorded in `metadata.json` when saved
+  (`keras_siglip.utils.checksums`); the weight files exist, open
   and walk (object headers only, no data read); under a plain float dtype
   policy every dataset is a float (Keras stores bfloat16 as 2-byte void with
   a `dtype` attribute), as every variable of such a model is;
@@ -55,6 +57,10 @@ def load_checked(folder, load, weights=True, float_only=None):
         if name.endswith(".json"):
             _read_json(os.path.join(folder, name))
     files = weight_files(folder) if weights else []
+    if weights:
+        from keras_siglip.utils.checksums import verify_checksums
+
+        verify_checksums(folder)
     float_only = _float_policy(folder) if float_only is None else float_only
     for path in files:
         check_weights_file(path, float_only)

@@ -106,7 +106,19 @@ class PresetMixin:
         return loaded
 
     def save_to_preset(self, preset_dir, **kwargs):
+        """keras-hub's `save_to_preset`, atomic (an interrupted save leaves the
+        old preset whole), with the weight files' checksums recorded in
+        `metadata.json` (verified by every local `from_preset`)."""
         if os.path.realpath(os.fspath(preset_dir)) in _OPEN_WRITES:
-            return super().save_to_preset(preset_dir, **kwargs)
+            return self._save_and_record(preset_dir, **kwargs)
         with atomic_directory(preset_dir) as tmp:
-            super().save_to_preset(tmp, **kwargs)
+            self._save_and_record(tmp, **kwargs)
+
+    def _save_and_record(self, folder, **kwargs):
+        from keras_hub.models import Backbone
+
+        from keras_siglip.utils.checksums import record_checksums
+
+        super().save_to_preset(folder, **kwargs)
+        backbone = self if isinstance(self, Backbone) else getattr(self, "backbone", None)
+        record_checksums(folder, backbone)

@@ -31,6 +31,7 @@ from safetensors.numpy import load_file, save_file
 from keras_siglip import convert
 from keras_siglip.convert import CorruptCheckpoint, NonFiniteWeights
 from keras_siglip.models import SigLIPBackbone, SigLIPImageConverter, SigLIPPreprocessor, SigLIPTokenizer
+from keras_siglip.utils.checksums import record_checksums
 from tests.conftest import tiny_backbone
 
 SOURCES = ("npz", "safetensors", "sharded", "preset")
@@ -138,7 +139,8 @@ def read_tensor(path, name):
 
 
 def write_tensor(path, name, value):
-    """Replace one stored tensor (any dtype, any shape) in an npz, safetensors or h5 file."""
+    """Replace one stored tensor (any dtype, any shape) in an npz, safetensors or h5 file
+    (a preset's checksums re-recorded: as if it had been saved so)."""
     if path.endswith(".npz"):
         with np.load(path) as npz:
             arrays = dict(npz.items())
@@ -152,6 +154,9 @@ def write_tensor(path, name, value):
         with h5py.File(path, "r+") as f:
             del f[name]
             f[name] = value
+        # A preset saved holding this tensor: its record matches (the checks below the
+        # checksum are under test here; damage after saving is test_checksums').
+        record_checksums(os.path.dirname(path))
 
 
 def truncate(path, offset):
