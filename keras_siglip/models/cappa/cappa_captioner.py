@@ -17,15 +17,18 @@ from keras_siglip.models.cappa.cappa_generation import (
 from keras_siglip.models.cappa.cappa_preprocessor import CapPaPreprocessor, strip_after_eos
 from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
+from keras_siglip.utils.seeds import SavedSeedMixin
 
 
-class ParallelPredictionSwitch(keras.layers.Layer):
+class ParallelPredictionSwitch(SavedSeedMixin, keras.layers.Layer):
     """Runs the `TextDecoder`, choosing parallel prediction per example in training.
 
     In training each example is decoded in parallel-prediction mode (all
     inputs [MASK], bidirectional attention) with probability `masked_pred_prob`
     (a Bernoulli draw from a `SeedGenerator`, big_vision CapPa), else
-    autoregressively; outside training always autoregressively.
+    autoregressively; outside training always autoregressively. The
+    generator's state is saved with the weights (a resumed run draws what an
+    uninterrupted one would).
 
     Call args: `token_ids` `(B, L)` targets, `encoded` `(B, N, E_enc)`,
     optional `allowed` `(B,)` bool: only these examples may be drawn for

@@ -146,6 +146,20 @@ def test_parallel_prediction_is_drawn_per_example(rng):
     assert not np.array_equal(first, second)  # the seed generator advances
 
 
+def test_parallel_prediction_draws_resume_from_saved_weights(tmp_path):
+    """The draws' generator state travels with the weights: a model loaded
+    from a checkpoint draws what the saved one draws next."""
+    model = tiny_captioner(masked_pred_prob=0.5)
+    for _ in range(3):
+        model.caption_decoder.parallel_choice(64)
+    path = str(tmp_path / "captioner.weights.h5")
+    model.save_weights(path)
+    fresh = tiny_captioner(masked_pred_prob=0.5)
+    fresh.load_weights(path)
+    np.testing.assert_array_equal(numpy(fresh.caption_decoder.parallel_choice(64)),
+                                  numpy(model.caption_decoder.parallel_choice(64)))
+
+
 def test_cap_without_mask_token_and_bad_probability_are_refused():
     keras.utils.set_random_seed(0)
     backbone = CapPaBackbone(**TINY, masked_pred=False)
