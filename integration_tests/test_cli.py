@@ -270,3 +270,25 @@ def test_installed_command_in_a_subprocess(tmp_path, image_files):
     bad = run("zero-shot", str(tmp_path / "text.png"), "--labels", "a")
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.startswith("keras-siglip: error: ") and bad.stderr.count("\n") == 1, bad.stderr
+
+
+@pytest.mark.slow
+def test_a_backend_whose_framework_is_missing_is_one_line(tmp_path):
+    """KERAS_BACKEND=torch without PyTorch installed (a `torch` that cannot be
+    imported shadows the real one): one line naming the extra to install."""
+    import shutil
+    import subprocess
+    import sys
+
+    fake = tmp_path / "site" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    command = shutil.which("keras-siglip") or os.path.join(os.path.dirname(sys.executable), "keras-siglip")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(KERAS_BACKEND="torch", PYTHONPATH=str(tmp_path / "site"))
+    run = subprocess.run([command, "embed", "--texts", "a red circle", "--out", str(tmp_path / "e.npy")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 1 and run.stdout == "", run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith("keras-siglip: error: KERAS_BACKEND=torch needs PyTorch, which is not installed")
+    assert 'pip install "keras-siglip[torch]"' in run.stderr

@@ -326,8 +326,19 @@ def main(argv=None):
     return 0
 
 
+# Module -> (framework, what installs it). JAX and TensorFlow come with the package.
+_FRAMEWORKS = {"torch": ("PyTorch", '"keras-siglip[torch]"'), "jax": ("JAX", '"jax[cpu]"'),
+               "jaxlib": ("JAX", '"jax[cpu]"'), "tensorflow": ("TensorFlow", "tensorflow")}
+
+
 def _message(error):
     """One line for an expected failure; a pointer to --debug for a bug."""
+    missing = getattr(error, "name", None) if isinstance(error, ModuleNotFoundError) else None
+    if missing in _FRAMEWORKS:
+        framework, package = _FRAMEWORKS[missing]
+        backend = os.environ.get("KERAS_BACKEND", "jax")
+        return (f"KERAS_BACKEND={backend} needs {framework}, which is not installed: pip install {package} "
+                "(or choose another backend with KERAS_BACKEND)")
     if isinstance(error, _expected_errors()):
         text = str(error) or type(error).__name__
         if isinstance(error, OSError) and error.filename and error.strerror:
