@@ -105,6 +105,26 @@ class PresetMixin:
             refuse_nonfinite(loaded, f"{preset} ({MODEL_WEIGHTS})", allow_nan)
         return loaded
 
+    def quantize(self, mode=None, **kwargs):
+        """Keras' `quantize`, with one garbage collection at the end instead of
+        one per replaced kernel: Keras collects whenever a layer drops its
+        float kernel, about 0.8 s each with TensorFlow, JAX and torch loaded
+        (30 s for the 900k-weight shipped model; under a second this way).
+        Keras' warning for each layer without weights to quantize (norms,
+        dropout, ...) is not shown."""
+        import gc
+        import warnings
+
+        collect = gc.collect
+        gc.collect = lambda *args, **kwargs: 0
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Layer .* does not have a `quantize` method")
+                return super().quantize(mode, **kwargs)
+        finally:
+            gc.collect = collect
+            gc.collect()
+
     def save_to_preset(self, preset_dir, **kwargs):
         """keras-hub's `save_to_preset`, atomic (an interrupted save leaves the
         old preset whole), with the weight files' checksums recorded in

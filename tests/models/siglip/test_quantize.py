@@ -1,0 +1,63 @@
+"""`quantize` keeps the image tower right: the patch embedding honours the
+quantized kernel (it used to read the integer kernel as floats)."""
+
+import numpy as np
+import pytest
+from keras import ops
+
+from keras_siglip.data import shapes
+from keras_siglip.models import SigLIPBackbone, SigLIPPreprocessor
+
+PRESET = "siglip2_shapes_tiny"
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    data = shapes.ShapesDataset(32, seed=3, image_size=48).arrays()
+    return SigLIPPreprocessor.from_preset(PRESET)({"images": data["images"], "texts": list(data["captions"])})
+
+
+@pytest.fixture(scope="module")
+def float_model():
+    return SigLIPBackbone.from_preset(PRESET)
+
+
+def embeddings(model, x):
+    return (ops.convert_to_numpy(model.encode_images(x["images"])),
+            ops.convert_to_numpy(model.encode_texts(x["token_ids"])))
+
+
+@pytest.mark.parametrize("mode, floor", [("int8", 0.999), ("int4", 0.95)])
+def test_quantized_embeddings_stay_close_to_float(inputs, float_model, mode, floor):
+    """Measured minimum cosine to float32 on 32 shapes images: int8 0.9998,
+    int4 0.970; before the fix -0.19 and -0.17, the image argmax agreeing
+    on 0 of 32."""
+    reference = embeddings(float_model, inputs)
+    model = SigLIPBackbone.from_config(float_model.get_config())
+    model.set_weights(float_model.get_weights())
+    model.quantize(mode)
+    assert model.vision_encoder.vit.embedding.quantization_mode == mode
+    quantized = embeddings(model, inputs)
+    for ours, theirs in zip(quantized, reference):
+        assert np.min(np.sum(ours * theirs, axis=-1)) > floor
+    image_argmax = np.argmax(quantized[0] @ reference[1].T, axis=1)
+    assert np.mean(image_argmax == np.argmax(reference[0] @ reference[1].T, axis=1)) >= 0.8
+
+
+def test_quantize_collects_garbage_once(float_model, monkeypatch):
+    """Keras runs `gc.collect()` each time a layer drops a float kernel (39 times
+    here, 0.8 s each with three frameworks loaded); ours collects once."""
+    import gc
+
+    calls = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *args: calls.append(1) or collect(*args))
+    model = SigLIPBackbone.from_config(float_model.get_config())
+    model.quantize("int8")
+    assert len(calls) == 1
+
+
+def test_quantize_warns_only_about_what_matters(float_model, recwarn):
+    model = SigLIPBackbone.from_config(float_model.get_config())
+    model.quantize("int8")
+    assert not [w for w in recwarn if "does not have a `quantize` method" in str(w.message)]
