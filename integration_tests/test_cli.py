@@ -3,6 +3,7 @@
 import os
 import re
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -273,6 +274,7 @@ def test_installed_command_in_a_subprocess(tmp_path, image_files):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="a subprocess with its own KERAS_BACKEND")
 def test_a_backend_whose_framework_is_missing_is_one_line(tmp_path):
     """KERAS_BACKEND=torch without PyTorch installed (a `torch` that cannot be
     imported shadows the real one): one line naming the extra to install."""

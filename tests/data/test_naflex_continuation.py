@@ -11,6 +11,8 @@ from keras_siglip.layers import NaFlexImageConverter
 from keras_siglip.models import (SigLIPBackbone, SigLIPImageConverter, SigLIPPreprocessor, SigLIPTextEncoder,
                                  SigLIPTokenizer, SigLIPVisionEncoder)
 
+# The data tests are tf.data and numpy only: they run in one pass (the fit test in every one).
+DATA_ONLY = pytest.mark.skipif(keras.backend.backend() != "torch", reason="tf.data only: the same on every backend")
 LENGTHS = (8, 16, 1024)  # tiny, plus the paper's longest (half batch)
 BATCH_SIZE = 4
 SEED = 3
@@ -61,6 +63,7 @@ def batches(preprocessor):
     return continuation(preprocessor)
 
 
+@DATA_ONLY
 def test_lengths_follow_the_seed_and_cover_the_set(batches):
     lengths = [batch["patches"].shape[1] for batch in batches]
     assert len(batches) >= 10
@@ -73,6 +76,7 @@ def test_lengths_follow_the_seed_and_cover_the_set(batches):
     assert abs(np.mean(weighted == 1024) - 0.75) < 0.04
 
 
+@DATA_ONLY
 def test_static_shapes_per_batch_and_half_batch_at_1024(batches):
     for batch in batches:
         size, length = batch["patches"].shape[:2]
@@ -85,6 +89,7 @@ def test_static_shapes_per_batch_and_half_batch_at_1024(batches):
     assert per_length_batch_sizes(8) == {128: 8, 256: 8, 576: 8, 784: 8, 1024: 4}
 
 
+@DATA_ONLY
 def test_batch_sizes_as_dict_or_function(preprocessor):
     sized = continuation(preprocessor, count=30, batch_sizes={16: 3, 1024: 1})
     assert {(b["patches"].shape[1], len(b["index"])) for b in sized} == {(8, BATCH_SIZE), (16, 3), (1024, 1)}
@@ -92,6 +97,7 @@ def test_batch_sizes_as_dict_or_function(preprocessor):
     assert by_rule == {8: 5, 16: 1, 1024: 1}
 
 
+@DATA_ONLY
 def test_no_example_lost_or_duplicated(preprocessor, batches):
     raw = as_numpy(naflex_batches(examples(), preprocessor.image_converter, BATCH_SIZE, LENGTHS, seed=SEED))
     captions = [caption.decode() for batch in raw for caption in batch["caption"]]
@@ -102,6 +108,7 @@ def test_no_example_lost_or_duplicated(preprocessor, batches):
     np.testing.assert_array_equal(np.concatenate([b["index"] for b in batches]), np.arange(taken))
 
 
+@DATA_ONLY
 def test_batches_equal_the_single_image_converter(preprocessor, batches):
     converter = preprocessor.image_converter
     for batch in batches:
@@ -116,6 +123,7 @@ def test_batches_equal_the_single_image_converter(preprocessor, batches):
     assert any(b["patch_mask"].sum() < b["patch_mask"].size for b in batches)  # padding is exercised
 
 
+@DATA_ONLY
 def test_same_seed_same_batches(preprocessor, batches):
     again = continuation(preprocessor)
     assert len(again) == len(batches)
@@ -125,6 +133,7 @@ def test_same_seed_same_batches(preprocessor, batches):
             np.testing.assert_array_equal(first[key], second[key], err_msg=key)
 
 
+@DATA_ONLY
 def test_rejects_bad_arguments(preprocessor):
     fixed = SigLIPPreprocessor(preprocessor.tokenizer, SigLIPImageConverter(image_size=(16, 16)), sequence_length=4)
     with pytest.raises(ValueError, match="NaFlexImageConverter"):
