@@ -76,11 +76,6 @@ def verify_checksums(folder):
 
 def _task_names(backbone_cls):
     from keras_hub.models import Task
+    from keras_hub.src.utils.preset_utils import list_subclasses
 
-    found, stack = set(), list(Task.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        if getattr(cls, "backbone_cls", None) is backbone_cls:
-            found.add(cls.__name__)
-    return sorted(found)
+    return sorted({task.__name__ for task in list_subclasses(Task) if task.backbone_cls is backbone_cls})
