@@ -22,6 +22,10 @@ setup(
         "safetensors>=0.5,<1",
         "scipy>=1.13,<2",
         "pillow>=10",
+        # Published checkpoints by name (keras_siglip.hub): the hubs' own clients.
+        "huggingface_hub>=2.4,<3",
+        "kagglehub>=1.0.2,<2",
+        "tqdm>=4.66",
         "matplotlib>=3.8",
     ],
     extras_require={

@@ -84,22 +84,14 @@ def cmd_presets(args):
         extra = f", zero-shot {accuracy:.1%}" if accuracy is not None else ""
         print(f"  {name:34s} {meta['params']:>13,} params{extra}  {meta['description']}")
 
-    print("Published checkpoints (architecture cards; weights at the sources shown):")
+    print("Published checkpoints (from_preset(name) downloads and converts once; -v: sources, cache):")
     for name, card in PUBLISHED_PRESETS.items():
-        meta = card["metadata"]
-        print(f"  {name:34s} {meta['params']:>13,} params  {meta['description']}")
-        if args.verbose:
-            for where, source in card["sources"].items():
-                print(f"      {where:12s} {source}")
+        _print_published(name, card, args.verbose)
 
-    print("PaliGemma 1 / 2 checkpoints (architecture cards: PaliGemmaBackbone.from_preset(name, "
-          "load_weights=False); weights: keras-siglip convert the Hugging Face folder):")
+    print("PaliGemma 1 / 2 checkpoints (gated: accept the licence, set HF_TOKEN; load_weights=False "
+          "builds the architecture offline):")
     for name, card in pali_gemma_presets().items():
-        meta = card["metadata"]
-        print(f"  {name:34s} {meta['params']:>13,} params  {meta['description']}")
-        if args.verbose:
-            for where, source in card["sources"].items():
-                print(f"      {where:12s} {source}")
+        _print_published(name, card, args.verbose)
     print("Recipes (architecture cards; no weights were published; load_weights=False):")
     for name, card in recipe_presets().items():
         meta = card["metadata"]
@@ -112,6 +104,26 @@ def cmd_presets(args):
     if args.verbose:
         for key, value in {**COMMON, **NOTES}.items():
             print(f"      {key:24s} {value}")
+
+
+def _print_published(name, card, verbose):
+    """A published card's line; verbose: its sources in order of preference,
+    the size of its float32 weights, and whether its conversion is cached."""
+    from keras_siglip import hub
+
+    meta = card["metadata"]
+    print(f"  {name:34s} {meta['params']:>13,} params  {meta['description']}")
+    if not verbose:
+        return
+    for where, source in card["sources"].items():
+        print(f"      {where:12s} {source}")
+    folder = hub.cached_preset(name)
+    if hub.is_cached(name):
+        size = sum(entry.stat().st_size for entry in os.scandir(folder) if entry.is_file())
+        cached = f"cached: {folder} ({size / 1e9:.2f} GB)"
+    else:
+        cached = "not cached"
+    print(f"      {'size':12s} {4 * meta['params'] / 1e9:.2f} GB in float32; {cached}")
 
 
 def cmd_zero_shot(args):
@@ -253,7 +265,8 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("presets", help="list presets")
-    p.add_argument("-v", "--verbose", action="store_true", help="show weight sources")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show each card's sources, weight size and local cache")
     p.set_defaults(run=cmd_presets)
 
     p = sub.add_parser("zero-shot", help="rank labels for images")

@@ -1,7 +1,12 @@
 import io
+import os
 
 import numpy as np
 import pytest
+
+# Tests never reach a real hub: a published card's name fails at once instead of
+# downloading (tests/test_hub.py lifts this for its Hub on 127.0.0.1).
+os.environ["KERAS_SIGLIP_OFFLINE"] = "1"
 
 SENTENCES = [
     "a photo of a red circle",

@@ -356,7 +356,8 @@ def resolve_preset(preset, allow_nan=False):
     """`preset` itself when it is ours (or a name / URI keras-hub resolves); the
     path of a cached conversion when it is a big_vision, Hugging Face or keras-hub
     checkpoint (`allow_nan`: see `convert`). `hf://` and `kaggle://` URIs are
-    downloaded first."""
+    downloaded first; a published card's name is fetched from its sources and
+    converted once (`keras_siglip.hub.fetch_preset`)."""
     if not isinstance(preset, (str, os.PathLike)):
         return preset
     preset = os.fspath(preset)
@@ -366,6 +367,10 @@ def resolve_preset(preset, allow_nan=False):
             return preset  # a preset in our own format: keras-hub's loader reads it
         preset = local
     elif not os.path.exists(preset):
+        from keras_siglip import hub
+
+        if hub.published_card(preset) is not None:
+            return hub.fetch_preset(preset, allow_nan=allow_nan)
         return preset  # a name: left to the preset registry
     if detect_format(preset) == "keras_siglip":
         return preset

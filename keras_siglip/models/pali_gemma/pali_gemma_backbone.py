@@ -196,18 +196,16 @@ class PaliGemmaBackbone(PresetMixin, Backbone):
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """Load a preset folder, URI or name (a converted Hugging Face or big_vision
-        checkpoint is converted on the fly). The PaliGemma 1 / 2 card names
-        (`keras-siglip presets`, `PALI_GEMMA_PRESETS`) build their architecture
-        with random weights when `load_weights=False` (kwargs override the
-        card's config, e.g. `input_format="naflex"`); no weights are shipped
-        with the package, see the error for how to convert them."""
+        checkpoint is converted on the fly). A PaliGemma 1 / 2 card name
+        (`keras-siglip presets`, `PALI_GEMMA_PRESETS`) downloads the weights
+        (gated: accept the licence and set `HF_TOKEN`) and converts them once
+        (`keras_siglip.hub`); with `load_weights=False` it builds the
+        architecture with random weights, offline (kwargs override the card's
+        config, e.g. `input_format="naflex"`)."""
         from keras_siglip.models.pali_gemma.pali_gemma_presets import PALI_GEMMA_PRESETS
 
-        if isinstance(preset, str) and preset in PALI_GEMMA_PRESETS:
-            card = PALI_GEMMA_PRESETS[preset]
-            if load_weights:
-                raise ValueError(missing_weights_message(preset, card))
-            return cls(**{**card["config"], **kwargs})
+        if isinstance(preset, str) and preset in PALI_GEMMA_PRESETS and not load_weights:
+            return cls(**{**PALI_GEMMA_PRESETS[preset]["config"], **kwargs})
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
     def __call__(self, inputs, *args, **kwargs):
@@ -332,19 +330,6 @@ def image_batch(images):
     if images.ndim == 3:
         images = images[None]
     return ops.convert_to_tensor(images), len(images)
-
-
-def missing_weights_message(name, card):
-    """Why a PaliGemma card loads no weights, and how to get them."""
-    sources = card["sources"]
-    hf = sources["huggingface"]
-    return (
-        f"{name!r} is an architecture card: keras_siglip ships no PaliGemma weights. Pass "
-        "`load_weights=False` for random weights, or convert the released checkpoint (gated: accept "
-        f"its licence on Hugging Face first): `keras-siglip convert <download of {hf}> my_preset` then "
-        "`PaliGemmaCausalLM.from_preset('my_preset')`, or `from_preset('hf://" + hf + "')` to download "
-        f"and convert once (cached). Also at {sources['kaggle']} (keras-hub) and {sources['big_vision']}."
-    )
 
 
 def pali_gemma_parameter_count(config):

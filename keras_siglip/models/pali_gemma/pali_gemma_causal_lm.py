@@ -110,21 +110,6 @@ class PaliGemmaCausalLM(PresetMixin, Task):
         # A plain namespace: Keras would track (and rewrap) a dict attribute.
         self._compiled_functions = types.SimpleNamespace(table={})
 
-    @classmethod
-    def from_preset(cls, preset, **kwargs):
-        """A preset folder or URI (`PresetMixin`); a card name (`keras-siglip
-        presets`) has no weights or tokenizer, and says how to get them."""
-        from keras_siglip.models.pali_gemma.pali_gemma_backbone import missing_weights_message
-        from keras_siglip.models.pali_gemma.pali_gemma_presets import PALI_GEMMA_PRESETS
-
-        if isinstance(preset, str) and preset in PALI_GEMMA_PRESETS:
-            raise ValueError(
-                missing_weights_message(preset, PALI_GEMMA_PRESETS[preset])
-                + " A task with random weights: PaliGemmaCausalLM(PaliGemmaBackbone.from_preset(name, "
-                "load_weights=False), preprocessor) with your tokenizer."
-            )
-        return super().from_preset(preset, **kwargs)
-
     def compile(self, optimizer="auto", loss="auto", *, weighted_metrics="auto", **kwargs):
         """Defaults: AdamW (lr 1e-5, weight decay 3e-7 decoupled, global norm
         clip 1; big_vision's transfer recipe uses Adam with these), `PrefixLMLoss`,

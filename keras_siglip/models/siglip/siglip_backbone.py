@@ -102,22 +102,15 @@ class SigLIPBackbone(ArrayChecksMixin, PresetMixin, Backbone):
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """Load a preset folder, URI or name.
 
-        Names of published checkpoints (`keras-siglip presets`) build their
-        architecture with random weights when `load_weights=False`; their
-        weights are not bundled with the package.
+        A published checkpoint's name (`keras-siglip presets`) downloads its
+        weights from the card's first source that answers and converts them
+        once (`keras_siglip.hub`); with `load_weights=False` it builds the
+        architecture with random weights, offline.
         """
         from keras_siglip.models.siglip.siglip_presets import published_backbone
         from keras_siglip.presets import PUBLISHED_PRESETS
 
-        if isinstance(preset, str) and preset in PUBLISHED_PRESETS:
-            if load_weights:
-                sources = PUBLISHED_PRESETS[preset]["sources"]
-                raise ValueError(
-                    f"The weights of the published checkpoint {preset!r} are not "
-                    f"bundled with keras_siglip; they live at {sources}. Pass "
-                    "`load_weights=False` to build the architecture with random "
-                    "weights, or load a converted preset folder."
-                )
+        if isinstance(preset, str) and preset in PUBLISHED_PRESETS and not load_weights:
             return published_backbone(cls, preset, **kwargs)
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
