@@ -3,7 +3,7 @@
     keras-siglip presets
     keras-siglip zero-shot --preset P IMAGE... --labels L1 L2 ...
     keras-siglip embed --preset P [--texts T ...] [IMAGE ...] --out embeddings.npy
-    keras-siglip convert SRC DST [--overwrite] [--to huggingface]
+    keras-siglip convert SRC DST [--overwrite] [--to huggingface|keras-hub]
     keras-siglip demo [--preset P] [--out demo.png]
 
 Results go to standard output, progress and messages to standard error. An
@@ -219,9 +219,13 @@ def cmd_demo(args):
 def cmd_convert(args):
     from keras_siglip import convert
 
+    exports = {"huggingface": convert.export_huggingface, "keras-hub": convert.export_keras_hub}
+    if args.to in exports and (args.preset or args.tokenizer):
+        raise CLIError(f"--preset and --tokenizer apply to conversions into keras_siglip, not --to {args.to} "
+                       "(the preset carries its own architecture and tokenizer)")
     with contextlib.redirect_stdout(sys.stderr):  # progress bars and notes: not results
-        if args.to == "huggingface":
-            destination = convert.export_huggingface(args.source, args.destination, overwrite=args.overwrite)
+        if args.to in exports:
+            destination = exports[args.to](args.source, args.destination, overwrite=args.overwrite)
         else:
             destination = convert.convert(
                 args.source, args.destination, config=args.preset, tokenizer=args.tokenizer,
@@ -289,11 +293,12 @@ def build_parser():
 
     p = sub.add_parser(
         "convert", help="big_vision .npz | Hugging Face folder | keras-hub preset -> keras_siglip preset "
-                        "(SigLIP, PaliGemma 1/2, CapPa; the model is read from the checkpoint)"
+                        "(SigLIP, PaliGemma 1/2, CapPa; the model is read from the checkpoint); with --to, "
+                        "a SigLIP or PaliGemma preset of ours -> Hugging Face or keras-hub"
     )
     p.add_argument("source", help="a big_vision .npz (SigLIP, PaliGemma or CapPa), an HF SigLIP or "
                                   "PaliGemma folder, a keras-hub preset folder (or a preset of ours with "
-                                  "--to huggingface)")
+                                  "--to huggingface | keras-hub)")
     p.add_argument("destination", help="the folder to write; must not exist, or be a converted model "
                                        "folder with --overwrite (then replaced whole, atomically)")
     p.add_argument("--overwrite", action="store_true",
@@ -303,8 +308,9 @@ def build_parser():
                         "(else inferred from the shapes); for PaliGemma it also sets the Gemma 2 soft caps")
     p.add_argument("--tokenizer", default=None, metavar="SPM",
                    help="a SentencePiece model to bundle when the source has none (big_vision .npz)")
-    p.add_argument("--to", choices=("keras_siglip", "huggingface"), default="keras_siglip",
-                   help="huggingface: export a keras_siglip preset to a transformers folder")
+    p.add_argument("--to", choices=("keras_siglip", "huggingface", "keras-hub"), default="keras_siglip",
+                   help="huggingface: export a keras_siglip SigLIP / PaliGemma preset to a transformers folder; "
+                        "keras-hub: to a preset folder keras-hub's own from_preset loads")
     p.set_defaults(run=cmd_convert)
 
     p = sub.add_parser("demo", help="zero-shot on held-out shapes images, with a picture")

@@ -9,7 +9,10 @@
     backbone = SigLIPBackbone.from_preset("hf_folder/")   # converts on the fly (cached)
 
 and back out: `write_huggingface(backbone, folder)` (transformers loads it),
-`write_big_vision(backbone, "params.npz")`.
+`write_big_vision(backbone, "params.npz")`; a whole preset (with its
+tokenizer and preprocessing) with `export_huggingface(src, dst)` (SigLIP and
+PaliGemma 1 / 2 for transformers) and `export_keras_hub(src, dst)` (a
+keras-hub preset folder that keras-hub's own `from_preset` loads).
 
 Every reader streams tensors one at a time into the model (`common.load_into`)
 and lists every missing, unexpected and mis-shaped name in one error; nothing
@@ -247,24 +250,88 @@ def _read_tokenizer(path, vocabulary_size):
 
 
 def export_huggingface(source, destination, overwrite=False):
-    """Export a keras_siglip SigLIP preset folder to a transformers folder
-    (model, tokenizer and `preprocessor_config.json`), with `convert`'s checks
-    on the destination. Returns the destination."""
-    from keras_siglip.models import SigLIPBackbone, SigLIPPreprocessor
+    """Export a keras_siglip SigLIP or PaliGemma preset folder to a transformers
+    folder (`SiglipModel` / `Siglip2Model`, or `PaliGemmaForConditionalGeneration`
+    with `write_pali_gemma`: model, tokenizer and `preprocessor_config.json`),
+    with `convert`'s checks on the destination. Returns the destination."""
+    from keras_siglip.convert.pali_gemma import write_pali_gemma
+    from keras_siglip.models import PaliGemmaBackbone, SigLIPBackbone, SigLIPPreprocessor
+    from keras_siglip.models.pali_gemma import PaliGemmaCausalLMPreprocessor
 
     if detect_format(source) != "keras_siglip":
         raise ValueError(f"{source} is not a keras_siglip preset; convert it first, then export it.")
     check_destination(source, destination, overwrite)
+    if _exported_model(source, "Hugging Face") == "pali_gemma":
+        backbone = PaliGemmaBackbone.from_preset(source)
+        preprocessor = _preset_preprocessor(source, PaliGemmaCausalLMPreprocessor)
+        write_pali_gemma(
+            backbone, destination,
+            tokenizer=getattr(preprocessor, "tokenizer", None),
+            image_converter=getattr(preprocessor, "image_converter", None),
+        )
+        return os.fspath(destination)
     backbone = SigLIPBackbone.from_preset(source)
-    preprocessor = None
-    if os.path.exists(os.path.join(source, "preprocessor.json")):
-        preprocessor = SigLIPPreprocessor.from_preset(source)
+    preprocessor = _preset_preprocessor(source, SigLIPPreprocessor)
     write_huggingface(
         backbone, destination,
         tokenizer=getattr(preprocessor, "tokenizer", None),
         image_converter=getattr(preprocessor, "image_converter", None),
     )
     return os.fspath(destination)
+
+
+def export_keras_hub(source, destination, overwrite=False):
+    """Export a keras_siglip SigLIP or PaliGemma preset (a folder, or anything
+    `from_preset` takes: foreign checkpoints are converted first, once) to a
+    keras-hub preset folder that keras-hub's own
+    `keras_hub.models.SigLIPBackbone.from_preset` /
+    `keras_hub.models.PaliGemmaBackbone.from_preset` load, with the
+    preprocessor when the preset has one (`SigLIPPreprocessor`,
+    `PaliGemmaCausalLMPreprocessor`, so keras-hub's `PaliGemmaCausalLM.from_preset`
+    loads it whole). `convert`'s checks on the destination; a model keras-hub
+    cannot express (NaFlex inputs, pooling or heads it lacks, PaliGemma options
+    it lacks) is refused with one error before anything is written
+    (`keras_hub.write_keras_hub`, `keras_hub_pali_gemma.write_keras_hub_pali_gemma`).
+    Returns the destination."""
+    from keras_siglip.convert.keras_hub import write_keras_hub
+    from keras_siglip.convert.keras_hub_pali_gemma import write_keras_hub_pali_gemma
+    from keras_siglip.models import PaliGemmaBackbone, SigLIPBackbone, SigLIPPreprocessor
+    from keras_siglip.models.pali_gemma import PaliGemmaCausalLMPreprocessor
+    from keras_siglip.utils.preset import preset_loader
+
+    check_destination(source, destination, overwrite)
+    preset, _, _ = preset_loader(source)  # a foreign checkpoint: converted (cached) as from_preset does
+    if _exported_model(preset, "keras-hub") == "pali_gemma":
+        backbone = PaliGemmaBackbone.from_preset(preset)
+        preprocessor = _preset_preprocessor(preset, PaliGemmaCausalLMPreprocessor)
+        write_keras_hub_pali_gemma(backbone, destination, preprocessor)
+    else:
+        backbone = SigLIPBackbone.from_preset(preset)
+        preprocessor = _preset_preprocessor(preset, SigLIPPreprocessor)
+        write_keras_hub(backbone, destination, preprocessor)
+    return os.fspath(destination)
+
+
+_EXPORTED_MODELS = {"keras_siglip>SigLIPBackbone": "siglip", "keras_siglip>PaliGemmaBackbone": "pali_gemma"}
+
+
+def _exported_model(preset, target):
+    """`"siglip"` or `"pali_gemma"`: the backbone a preset of ours holds (its
+    `config.json`); a clear error for any other."""
+    from keras_hub.src.utils.preset_utils import load_json
+
+    registered = load_json(os.fspath(preset), "config.json").get("registered_name")
+    if registered not in _EXPORTED_MODELS:
+        raise ValueError(f"{preset} holds a {registered}; the {target} export takes SigLIPBackbone and "
+                         "PaliGemmaBackbone presets.")
+    return _EXPORTED_MODELS[registered]
+
+
+def _preset_preprocessor(preset, cls):
+    """The preset's preprocessor (`preprocessor.json`), or None."""
+    from keras_hub.src.utils.preset_utils import check_file_exists
+
+    return cls.from_preset(preset) if check_file_exists(os.fspath(preset), "preprocessor.json") else None
 
 
 def _build(model, config):

@@ -61,6 +61,16 @@ from its attention layers), for parity with keras-hub itself.
 Anything our model cannot express (MAP / GAP pooling, a classifier activation, a
 LayerNorm epsilon other than 1e-6, post norms used separately) is listed in one
 `ValueError`; tensors that do not fit (names or shapes) in one `CheckpointMismatch`.
+
+Writing (`write_keras_hub_pali_gemma`, ours -> keras-hub) walks the same rules
+(`_rules`) over a freshly built keras-hub model; every layout change above is
+a reshape, undone by reshaping to keras-hub's shape. `config_to_keras_hub` is
+checked against `config_from_keras_hub` (the round trip must give our config
+back). keras-hub cannot express NaFlex inputs, a query scale other than
+head_dim or hidden_dim / heads, nor (with keras-hub 0.32's bug above)
+hidden_dim / heads at all; and a sliding window no longer than the image
+tokens (keras-hub's window cuts the image block itself). A window longer than
+the image tokens gives equal outputs whenever image + prompt fit in it.
 """
 
 import json
@@ -344,5 +354,145 @@ def load_keras_hub_pali_gemma(source, dtype=None, progress=False, query_pre_attn
     return load_into(PaliGemmaBackbone(**checkpoint.config, dtype=dtype), checkpoint, progress=progress)
 
 
-__all__ = ["config_from_keras_hub", "is_keras_hub_pali_gemma", "load_keras_hub_pali_gemma",
-           "read_keras_hub_pali_gemma"]
+# -- writing -----------------------------------------------------------------------
+
+
+def _keras_hub_honours_query_flag():
+    """Whether the installed keras-hub's decoder blocks use the backbone's
+    `query_head_dim_normalize=False` (keras-hub 0.32 builds every attention with
+    True; see the module docstring). Probed on a tiny model."""
+    import keras_hub
+
+    probe = keras_hub.models.PaliGemmaBackbone(
+        vocabulary_size=4, image_size=2, num_layers=1, num_query_heads=2, num_key_value_heads=1, hidden_dim=8,
+        intermediate_dim=4, head_dim=2, vit_patch_size=2, vit_num_heads=1, vit_hidden_dim=2, vit_num_layers=1,
+        vit_intermediate_dim=2, query_head_dim_normalize=False,
+    )
+    return not probe.transformer_layers[0].attention.query_head_dim_normalize
+
+
+def config_to_keras_hub(config, source="This PaliGemmaBackbone"):
+    """keras-hub `PaliGemmaBackbone` kwargs from ours (`PaliGemmaBackbone.get_config()`).
+
+    Raises one `ValueError` listing everything keras-hub cannot express (see the
+    module docstring). The result maps back to `config` through
+    `config_from_keras_hub`.
+    """
+    import keras_hub
+
+    c = dict(config)
+    problems = []
+    if c.get("input_format", "images") != "images":
+        problems.append(f"input_format = {c['input_format']!r} (keras-hub's PaliGemma takes square images at "
+                        "one fixed size; NaFlex patches have no counterpart)")
+    hidden, heads, head_dim = c["hidden_dim"], c["num_query_heads"], c["head_dim"]
+    scalar = c.get("query_pre_attn_scalar") or head_dim
+    normalize = scalar == head_dim
+    if not normalize:
+        if scalar != hidden // heads:
+            problems.append(f"query_pre_attn_scalar = {scalar} (keras-hub scales queries by head_dim = {head_dim} "
+                            f"or hidden_dim / num_query_heads = {hidden // heads} only)")
+        elif not _keras_hub_honours_query_flag():
+            problems.append(
+                f"query_pre_attn_scalar = {scalar} = hidden_dim / num_query_heads: keras-hub "
+                f"{keras_hub.__version__}'s decoder blocks build their attention with query_head_dim_normalize=True "
+                f"whatever the config says, so it would scale queries by head_dim = {head_dim} and compute "
+                "another model"
+            )
+    window = c.get("sliding_window")
+    image_tokens = (c["image_size"] // c["vit_patch_size"]) ** 2
+    if window and window <= image_tokens:
+        problems.append(f"sliding_window = {window}, not longer than the {image_tokens} image tokens (keras-hub's "
+                        "window also cuts the image + prompt block, which ours sees whole)")
+    if problems:
+        raise ValueError(f"{source} has no keras-hub PaliGemma counterpart: " + "; ".join(problems) + ".")
+    post = bool(c.get("use_post_norms"))
+    kh = dict(
+        vocabulary_size=c["vocabulary_size"], image_size=c["image_size"], num_layers=c["num_layers"],
+        num_query_heads=heads, num_key_value_heads=c["num_key_value_heads"], hidden_dim=hidden,
+        intermediate_dim=2 * c["intermediate_dim"], head_dim=head_dim, vit_patch_size=c["vit_patch_size"],
+        vit_num_heads=c["vit_num_heads"], vit_hidden_dim=c["vit_hidden_dim"], vit_num_layers=c["vit_num_layers"],
+        vit_intermediate_dim=c["vit_intermediate_dim"], query_head_dim_normalize=normalize,
+        use_post_ffw_norm=post, use_post_attention_norm=post,
+        attention_logit_soft_cap=c.get("attention_logit_soft_cap") or None,
+        final_logit_soft_cap=c.get("final_logit_soft_cap") or None,
+        use_sliding_window_attention=bool(window), sliding_window_size=window or 4096,
+        dropout=float(c.get("dropout") or 0.0),
+    )
+    back = config_from_keras_hub(kh, source=source)
+    ours = dict(c, query_pre_attn_scalar=None if normalize else scalar)
+    differences = sorted(key for key, value in back.items() if key in ours and ours[key] != value)
+    if differences:  # a mapping bug, not the user's: keep it loud
+        raise ValueError(f"{source}: the keras-hub config does not map back to ours ({differences}).")
+    return kh
+
+
+def keras_hub_pali_gemma_preprocessing(preprocessor):
+    """keras-hub's `PaliGemmaCausalLMPreprocessor` (`PaliGemmaTokenizer`,
+    `PaliGemmaImageConverter`, sequence length) for ours; its image converter
+    alone without a tokenizer; `[]` for None.
+
+    keras-hub's preprocessor packs `[BOS] prompt response [EOS]` without the
+    "\n" separator ours (and big_vision, HF) adds after the prompt: end
+    prompts with "\n" there.
+    """
+    import keras_hub
+
+    from keras_siglip.convert.keras_hub import keras_hub_image_converter
+
+    if preprocessor is None:
+        return []
+    converter = preprocessor.image_converter
+    if converter is not None and "max_num_patches" in converter.get_config():
+        raise ValueError("A NaFlex image converter has no keras-hub counterpart (keras-hub's PaliGemma takes "
+                         "whole images at one fixed size).")
+    if converter is not None:
+        converter = keras_hub_image_converter(keras_hub.layers.PaliGemmaImageConverter, converter)
+    if preprocessor.tokenizer is None:
+        return [converter] if converter is not None else []
+    tokenizer = keras_hub.models.PaliGemmaTokenizer(proto=preprocessor.tokenizer.proto)
+    return [keras_hub.models.PaliGemmaCausalLMPreprocessor(
+        tokenizer, converter, sequence_length=preprocessor.sequence_length)]
+
+
+def write_keras_hub_pali_gemma(backbone, folder, preprocessor=None):
+    """Write our `PaliGemmaBackbone` as a keras-hub preset folder that
+    `keras_hub.models.PaliGemmaBackbone.from_preset` (and, with a
+    `PaliGemmaCausalLMPreprocessor`, `PaliGemmaCausalLM.from_preset`) loads.
+
+    Built from keras-hub's public classes, given our weights through `_rules`,
+    saved with keras-hub's `save_to_preset` (with
+    `keras_hub_pali_gemma_preprocessing(preprocessor)`), atomically: a
+    temporary sibling replaces `folder` whole. What keras-hub cannot express
+    is refused first (`config_to_keras_hub`). Returns `folder`.
+    """
+    import keras_hub
+    from keras import ops
+
+    from keras_siglip.convert.keras_hub import assign_to_keras_hub
+    from keras_siglip.utils.atomic import atomic_directory
+
+    config = backbone.get_config()
+    kh_config = config_to_keras_hub(config)
+    layers = keras_hub_pali_gemma_preprocessing(preprocessor)
+    theirs = keras_hub.models.PaliGemmaBackbone(**kh_config, dtype=backbone.dtype_policy.name)
+    variables = _relative_paths(theirs)
+    rules = _rules(config)
+    absent = sorted(rule.theirs for rule in rules if rule.theirs not in variables)
+    covered = {rule.theirs for rule in rules}
+    uncovered = sorted(path for path in variables if path not in covered)
+    if absent or uncovered:
+        raise ValueError(f"keras-hub's PaliGemmaBackbone does not have the weights the name map expects: "
+                         f"absent {absent}, not mapped {uncovered}.")
+    weights = {variable.path: ops.convert_to_numpy(variable) for variable in backbone.weights}
+    assign_to_keras_hub([(variables[rule.theirs], rule.ours) for rule in rules], weights,
+                        target="keras-hub PaliGemmaBackbone")
+    with atomic_directory(folder, merge=False) as tmp:
+        theirs.save_to_preset(tmp)
+        for layer in layers:
+            layer.save_to_preset(tmp)
+    return folder
+
+
+__all__ = ["config_from_keras_hub", "config_to_keras_hub", "is_keras_hub_pali_gemma", "load_keras_hub_pali_gemma",
+           "read_keras_hub_pali_gemma", "write_keras_hub_pali_gemma"]

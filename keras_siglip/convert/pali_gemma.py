@@ -32,6 +32,13 @@ a key (896 px inputs: 4096 image tokens). `read_pali_gemma(sliding_window=None)`
 (the default) follows big_vision; `sliding_window="config"` keeps HF's window
 for exact parity with transformers at every length.
 
+Writing (`write_pali_gemma`): our backbone back to an HF folder that
+`PaliGemmaForConditionalGeneration.from_pretrained` loads, through the same
+rules (`_rules`, each with its inverse) and the Hub checkpoints' tensor names.
+A backbone without a sliding window (big_vision's global attention) becomes
+Gemma 2 `layer_types` of `"full_attention"` only, which the reader maps back
+to no window.
+
 big_vision (`read_pali_gemma_big_vision`, `load_pali_gemma_big_vision`,
 `write_pali_gemma_big_vision`): the Flax tree of `models/proj/paligemma`
 (`params/img/...` the ViT, `params/llm/...` Gemma, `models/ppp/gemma.py`);
@@ -77,7 +84,8 @@ def config_from_hf(hf_config, source="config.json", sliding_window=None):
 
     Raises one `ValueError` listing every setting our model cannot express.
     `sliding_window`: None (big_vision, global attention), `"config"` (HF's
-    value for Gemma 2) or an int.
+    value for Gemma 2; none when `layer_types` are all `"full_attention"`) or
+    an int.
     """
     if hf_config.get("model_type") != "paligemma":
         raise ValueError(
@@ -115,11 +123,14 @@ def config_from_hf(hf_config, source="config.json", sliding_window=None):
     if projection != width:
         problems.append(f"projection_dim = {projection} differs from text hidden_size {width}")
     layers = t.get("num_hidden_layers", 18)
+    global_only = False
     if gemma2:
         expected_types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
-        layer_types = t.get("layer_types") or expected_types
-        if list(layer_types) != expected_types:
-            problems.append("text_config.layer_types is not Gemma 2's (sliding on even layers)")
+        layer_types = list(t.get("layer_types") or expected_types)
+        global_only = layer_types == ["full_attention"] * layers  # no window (as `write_pali_gemma` writes)
+        if layer_types != expected_types and not global_only:
+            problems.append("text_config.layer_types is neither Gemma 2's (sliding on even layers) nor "
+                            "global attention in every layer")
     image_size = v.get("image_size", 224)
     if not isinstance(image_size, int):
         problems.append(f"vision_config.image_size = {image_size!r} (square int sizes only)")
@@ -143,7 +154,10 @@ def config_from_hf(hf_config, source="config.json", sliding_window=None):
         vit_intermediate_dim=v.get("intermediate_size", 4304),
     )
     if gemma2:
-        window = t.get("sliding_window", 4096) if sliding_window == "config" else sliding_window
+        if sliding_window == "config":
+            window = None if global_only else t.get("sliding_window", 4096)
+        else:
+            window = sliding_window
         config.update(
             query_pre_attn_scalar=t.get("query_pre_attn_scalar", 256),
             attention_logit_soft_cap=t.get("attn_logit_softcapping", 50.0),
@@ -293,6 +307,186 @@ def load_pali_gemma(folder, sliding_window=None, dtype=None, progress=False, all
     checkpoint = read_pali_gemma(folder, sliding_window=sliding_window)
     backbone = PaliGemmaBackbone(**checkpoint.config, dtype=dtype)
     return load_into(backbone, checkpoint, progress=progress, allow_nan=allow_nan)
+
+
+# -- writing (Hugging Face) ----------------------------------------------------------
+
+# Canonical names (`_rules`) -> the names the Hub checkpoints store, which every
+# transformers version loads (the inverse of `_RENAMES` for them).
+_HUB_PREFIXES = (("vision_tower.", "vision_tower.vision_model."), ("language_model.", "language_model.model."))
+# `<image>` in HF's PaliGemma vocabulary: right after Gemma's 256,000 pieces and the 1152 loc/seg tokens.
+HF_IMAGE_TOKEN_ID = 257_152
+_GEMMA_IDS = dict(bos_token_id=2, eos_token_id=1, pad_token_id=0)
+
+
+def _hub_name(name):
+    for canonical, stored in _HUB_PREFIXES:
+        if name.startswith(canonical):
+            return stored + name[len(canonical):]
+    return name
+
+
+def config_to_hf(config, image_token_index, special_ids=None):
+    """The HF `config.json` dict of a `PaliGemmaBackbone` config (`get_config()`).
+
+    Gemma 1 (`use_post_norms=False`) becomes text model_type "gemma", Gemma 2
+    "gemma2" with its query scale, soft caps and sliding window (even layers);
+    no window becomes `layer_types` all `"full_attention"` (global attention,
+    as big_vision; the window value is then unused). `special_ids`: the
+    tokenizer's `bos_token_id` / `eos_token_id` / `pad_token_id` (default
+    Gemma's 2 / 1 / 0). Raises one `ValueError` listing what HF cannot
+    express: NaFlex inputs, Gemma 2 options without Gemma 2's post norms.
+    """
+    c = dict(config)
+    problems = []
+    if c.get("input_format", "images") != "images":
+        problems.append(f"input_format = {c['input_format']!r} (HF's PaliGemma takes square images at one fixed "
+                        "size; NaFlex patches have no counterpart)")
+    gemma2 = bool(c.get("use_post_norms"))
+    hidden, heads, head_dim = c["hidden_dim"], c["num_query_heads"], c["head_dim"]
+    scalar = c.get("query_pre_attn_scalar") or head_dim
+    if not gemma2:
+        options = [f"{name} = {c[name]}" for name in ("attention_logit_soft_cap", "final_logit_soft_cap",
+                                                        "sliding_window") if c.get(name)]
+        if scalar != head_dim:
+            options.append(f"query_pre_attn_scalar = {scalar}")
+        if options:
+            problems.append(f"{', '.join(options)} without Gemma 2's post norms (HF's Gemma has none of these; "
+                            "its Gemma 2 always has the post norms)")
+    if problems:
+        raise ValueError("This PaliGemmaBackbone has no Hugging Face counterpart: " + "; ".join(problems) + ".")
+    ids = dict(_GEMMA_IDS, **(special_ids or {}))
+    vision = dict(
+        model_type="siglip_vision_model", hidden_size=c["vit_hidden_dim"], intermediate_size=c["vit_intermediate_dim"],
+        num_hidden_layers=c["vit_num_layers"], num_attention_heads=c["vit_num_heads"], num_channels=3,
+        image_size=c["image_size"], patch_size=c["vit_patch_size"], hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-6, attention_dropout=0.0, vision_use_head=False, projection_dim=hidden,
+    )
+    text = dict(
+        model_type="gemma2" if gemma2 else "gemma", vocab_size=c["vocabulary_size"], hidden_size=hidden,
+        intermediate_size=c["intermediate_dim"], num_hidden_layers=c["num_layers"], num_attention_heads=heads,
+        num_key_value_heads=c["num_key_value_heads"], head_dim=head_dim, hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=8192, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        attention_bias=False, attention_dropout=0.0, tie_word_embeddings=True, **ids,
+    )
+    if gemma2:
+        window = c.get("sliding_window")
+        layers = c["num_layers"]
+        text.update(
+            query_pre_attn_scalar=scalar,
+            attn_logit_softcapping=c.get("attention_logit_soft_cap") or None,
+            final_logit_softcapping=c.get("final_logit_soft_cap") or None,
+            sliding_window=window or 4096,
+            layer_types=[("sliding_attention" if window and i % 2 == 0 else "full_attention") for i in range(layers)],
+        )
+    return {
+        "architectures": ["PaliGemmaForConditionalGeneration"],
+        "model_type": "paligemma",
+        "dtype": "float32",
+        "image_token_index": int(image_token_index),
+        "vocab_size": c["vocabulary_size"],
+        "projection_dim": hidden,
+        "hidden_size": hidden,
+        "tie_word_embeddings": True,
+        "text_config": text,
+        "vision_config": vision,
+    }
+
+
+def image_token_id(tokenizer, vocabulary_size):
+    """The id of HF's `<image>` placeholder: the tokenizer's own `<image>`
+    piece, else the first id after its pieces (where HF's processor adds it:
+    257,152 for the released vocabulary); without a tokenizer HF's 257,152,
+    or the vocabulary size when smaller (transformers embeds an id past the
+    vocabulary as padding before putting the image features there)."""
+    if tokenizer is None:
+        return min(int(vocabulary_size), HF_IMAGE_TOKEN_ID)
+    vocabulary = tokenizer.get_vocabulary()
+    return vocabulary.index("<image>") if "<image>" in vocabulary else len(vocabulary)
+
+
+def write_pali_gemma(backbone, folder, tokenizer=None, image_converter=None):
+    """Export a `PaliGemmaBackbone` to an HF folder that
+    `transformers.PaliGemmaForConditionalGeneration.from_pretrained` loads.
+
+    Writes `config.json` (`config_to_hf`), `model.safetensors` (float32, the
+    Hub checkpoints' tensor names; the LM head is tied to the embedding) and
+    `generation_config.json`; with a `PaliGemmaTokenizer`, its SentencePiece
+    model as `tokenizer.model` and a `tokenizer_config.json`
+    (`GemmaTokenizer` + `PaliGemmaProcessor`, `<image>` pinned to the id
+    `config.json` names); with a `PaliGemmaImageConverter`,
+    `preprocessor_config.json` (transformers' `SiglipImageProcessor`, with
+    `image_seq_length`; see `huggingface.write_huggingface` for the resize
+    filter). The folder is written into a temporary sibling that then
+    replaces `folder` whole. Returns `folder`.
+    """
+    from keras import ops
+    from safetensors.numpy import save_file
+
+    from keras_siglip.convert.huggingface import _preprocessor_config
+    from keras_siglip.utils.atomic import atomic_directory
+
+    config = backbone.get_config()
+    special_ids = None
+    if tokenizer is not None:
+        special_ids = dict(bos_token_id=int(tokenizer.start_token_id), eos_token_id=int(tokenizer.end_token_id),
+                           pad_token_id=int(tokenizer.pad_token_id))
+    image_token = image_token_id(tokenizer, config["vocabulary_size"])
+    hf_config = config_to_hf(config, image_token, special_ids)  # refuses what HF cannot express
+    preprocessor_config = None
+    if image_converter is not None:
+        if "max_num_patches" in image_converter.get_config():
+            raise ValueError("A NaFlex image converter has no Hugging Face PaliGemma counterpart.")
+        preprocessor_config = dict(_preprocessor_config(image_converter), processor_class="PaliGemmaProcessor",
+                                   image_seq_length=backbone.num_image_tokens)
+    weights = {variable.path: variable for variable in backbone.weights}
+    rules = _rules(config, gemma2=bool(config.get("use_post_norms")))
+    missing = sorted(path for rule in rules for path in rule.ours if path not in weights)
+    unused = sorted(set(weights) - {path for rule in rules for path in rule.ours})
+    if missing or unused:
+        raise ValueError(f"The backbone's weights do not fit a Hugging Face PaliGemma: missing {missing}, "
+                         f"without a counterpart {unused}.")
+    tensors = {}
+    for rule in rules:
+        ours = [np.asarray(ops.convert_to_numpy(weights[path]), dtype="float32") for path in rule.ours]
+        tensors.update((_hub_name(name), np.ascontiguousarray(a)) for name, a in zip(rule.hf, rule.to_hf(*ours)))
+    text = hf_config["text_config"]
+    generation = {key: text[key] for key in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    with atomic_directory(folder, merge=False) as tmp:
+        _write_json(os.path.join(tmp, "config.json"), hf_config)
+        _write_json(os.path.join(tmp, "generation_config.json"), generation)
+        save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            with open(os.path.join(tmp, "tokenizer.model"), "wb") as f:
+                f.write(tokenizer.proto)
+            _write_json(os.path.join(tmp, "tokenizer_config.json"), _tokenizer_config(tokenizer, image_token))
+        if preprocessor_config is not None:
+            _write_json(os.path.join(tmp, "preprocessor_config.json"), preprocessor_config)
+    return folder
+
+
+def _write_json(path, value):
+    import json
+
+    with open(path, "w") as f:
+        json.dump(value, f, indent=2)
+
+
+def _tokenizer_config(tokenizer, image_token):
+    """HF's PaliGemma `tokenizer_config.json`: Gemma's tokenizer with BOS and
+    without EOS (the processor adds both where the layout needs them), and
+    `<image>` at `image_token` (an added token unless it is a piece)."""
+    settings = dict(
+        tokenizer_class="GemmaTokenizer", processor_class="PaliGemmaProcessor", add_bos_token=True,
+        add_eos_token=False, bos_token=tokenizer.start_token, eos_token=tokenizer.end_token,
+        pad_token=tokenizer.pad_token, unk_token="<unk>", clean_up_tokenization_spaces=False,
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    if image_token == tokenizer.vocabulary_size():  # not a piece: HF adds it there
+        settings["added_tokens_decoder"] = {str(image_token): dict(
+            content="<image>", lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)}
+    return settings
 
 
 # -- big_vision ----------------------------------------------------------------------
