@@ -7,8 +7,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["keras_siglip", "keras_siglip.*"]),
-    package_data={"keras_siglip": ["presets/*/*.json", "presets/*/*.h5", "presets/*/assets/*/*", "presets/*/*.md"]},
+    # The preset catalogue lives at the top level (presets/: the cards, the shipped
+    # presets and the recipes that trained them) and installs as keras_siglip.presets.
+    packages=find_packages(include=["keras_siglip", "keras_siglip.*"]) + ["keras_siglip.presets"],
+    package_dir={"keras_siglip.presets": "presets"},
+    package_data={"keras_siglip.presets": ["*/*.json", "*/*.h5", "*/assets/*/*", "*/*.md"]},
     # Compatible ranges (CI pins exact versions with constraints.txt). keras-hub's preset
     # internals are used, so it is held to its minor release; TensorFlow Text to TensorFlow's.
     install_requires=[
