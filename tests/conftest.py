@@ -21,9 +21,10 @@ def train_sentencepiece(layout):
     """A tiny SentencePiece model with T5 (SigLIP) or Gemma (SigLIP 2) special ids."""
     import sentencepiece
 
+    # Gemma's own piece names: its end of sequence is `<eos>`, not T5's `</s>`.
     ids = {
-        "t5": dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1),
-        "gemma": dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3),
+        "t5": dict(pad_id=0, eos_id=1, unk_id=2, bos_id=-1, eos_piece="</s>", bos_piece="<s>"),
+        "gemma": dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3, eos_piece="<eos>", bos_piece="<bos>"),
     }[layout]
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
@@ -32,8 +33,6 @@ def train_sentencepiece(layout):
         vocab_size=60,
         model_type="word",
         pad_piece="<pad>",
-        eos_piece="</s>",
-        bos_piece="<s>",
         unk_piece="<unk>",
         hard_vocab_limit=False,
         minloglevel=2,

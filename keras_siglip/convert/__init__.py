@@ -250,17 +250,18 @@ def _read_tokenizer(path, vocabulary_size):
 
 
 def export_huggingface(source, destination, overwrite=False):
-    """Export a keras_siglip SigLIP or PaliGemma preset folder to a transformers
-    folder (`SiglipModel` / `Siglip2Model`, or `PaliGemmaForConditionalGeneration`
+    """Export a keras_siglip SigLIP or PaliGemma preset (a folder, or anything
+    `from_preset` takes) to a transformers folder (`SiglipModel` / `Siglip2Model`, or `PaliGemmaForConditionalGeneration`
     with `write_pali_gemma`: model, tokenizer and `preprocessor_config.json`),
     with `convert`'s checks on the destination. Returns the destination."""
     from keras_siglip.convert.pali_gemma import write_pali_gemma
     from keras_siglip.models import PaliGemmaBackbone, SigLIPBackbone, SigLIPPreprocessor
     from keras_siglip.models.pali_gemma import PaliGemmaCausalLMPreprocessor
 
-    if detect_format(source) != "keras_siglip":
-        raise ValueError(f"{source} is not a keras_siglip preset; convert it first, then export it.")
+    from keras_siglip.utils.preset import preset_loader
+
     check_destination(source, destination, overwrite)
+    source, _, _ = preset_loader(source)  # a name or foreign checkpoint: converted (cached) as from_preset does
     if _exported_model(source, "Hugging Face") == "pali_gemma":
         backbone = PaliGemmaBackbone.from_preset(source)
         preprocessor = _preset_preprocessor(source, PaliGemmaCausalLMPreprocessor)
@@ -478,7 +479,7 @@ def _download(uri):
 
 __all__ = [
     "Checkpoint", "CheckpointMismatch", "CorruptCheckpoint", "NonFiniteWeights", "FORMATS", "MODELS", "assign_weights", "build_backbone", "cache_dir",
-    "check_destination", "convert", "detect_format", "export_huggingface", "detect_model", "keras_hub_weights", "load_into", "load_pali_gemma",
+    "check_destination", "convert", "detect_format", "export_huggingface", "export_keras_hub", "detect_model", "keras_hub_weights", "load_into", "load_pali_gemma",
     "load_keras_hub_pali_gemma", "load_pali_gemma_big_vision", "make_preprocessor", "read_big_vision", "read_cappa", "read_checkpoint", "read_keras_hub_pali_gemma",
     "read_huggingface", "read_keras_hub", "read_pali_gemma", "read_pali_gemma_big_vision", "resolve_preset",
     "write_big_vision", "write_huggingface", "write_pali_gemma_big_vision", "write_preset",

@@ -279,15 +279,22 @@ def assign_to_keras_hub(pairs, weights, target="keras-hub"):
 
 def keras_hub_tokenizer(tokenizer):
     """keras-hub's tokenizer for one of our `SigLIPTokenizer`s: the same
-    SentencePiece model and special tokens (end `</s>`, pad ours).
+    SentencePiece model and special tokens, so keras-hub packs every text into
+    the same ids as we do.
 
-    SigLIP 1's `</s>` padding is keras-hub's `SigLIPTokenizer`; `<pad>`
-    padding (SigLIP 2) is keras-hub's `T5Tokenizer` (end `</s>`, pad `<pad>`,
-    as ours), so keras-hub packs every text into the same ids as we do.
+    SigLIP 1 (end and pad `</s>`) is keras-hub's `SigLIPTokenizer`; the Gemma
+    vocabulary of SigLIP 2 (end `<eos>`, pad `<pad>`) its `GemmaTokenizer`, as
+    in keras-hub's own SigLIP 2 presets; a T5-style vocabulary padded with
+    `<pad>` (end `</s>`) its `T5Tokenizer`.
     """
     import keras_hub
 
-    cls = keras_hub.models.SigLIPTokenizer if tokenizer.pad_token == "</s>" else keras_hub.models.T5Tokenizer
+    if tokenizer.end_token == "<eos>":
+        cls = keras_hub.models.GemmaTokenizer
+    elif tokenizer.pad_token == "</s>":
+        cls = keras_hub.models.SigLIPTokenizer
+    else:
+        cls = keras_hub.models.T5Tokenizer
     theirs = cls(proto=tokenizer.proto)
     if (theirs.end_token_id, theirs.pad_token_id) != (tokenizer.end_token_id, tokenizer.pad_token_id):
         raise ValueError(

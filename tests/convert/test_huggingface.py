@@ -215,6 +215,29 @@ def test_write_naflex_headless_text_loads_in_transformers(tmp_path, gemma_proto)
     np.testing.assert_array_equal(model.text_model.head.bias.detach().numpy(), np.zeros(32))
     assert_outputs_match(backbone, model, naflex=True)
     assert read_huggingface(folder).tokenizer == {"proto": gemma_proto, "pad_token": "<pad>"}
+    # Gemma's end of sequence is `<eos>` (id 1): both tokenizers end texts with it. (The
+    # pieces themselves differ here: HF rebuilds this tiny word-level model as BPE.)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    ours = SigLIPTokenizer(proto=gemma_proto, pad_token="<pad>")
+    assert ours.end_token == hf_tokenizer.eos_token == "<eos>" and ours.end_token_id == 1
+    assert hf_tokenizer("a photo of a red circle")["input_ids"][-1] == 1
+
+
+def test_export_takes_a_preset_name(tmp_path):
+    """`export_huggingface` takes what `from_preset` takes: the shipped preset by name."""
+    from keras_siglip.convert import export_huggingface
+
+    folder = export_huggingface("siglip2_shapes_tiny", str(tmp_path / "export"))
+    model = load_in_transformers(folder)
+    backbone = SigLIPBackbone.from_preset("siglip2_shapes_tiny")
+    size = backbone.vision_encoder.image_size[0]
+    x = {"images": np.random.default_rng(0).uniform(-1, 1, (2, size, size, 3)).astype("float32")}
+    token_ids = np.random.default_rng(1).integers(2, 100, (2, backbone.text_encoder.sequence_length)).astype("int32")
+    ours = backbone.predict({**x, "token_ids": token_ids}, verbose=0)
+    with torch.no_grad():
+        theirs = model(input_ids=torch.from_numpy(token_ids).long(),
+                       pixel_values=torch.from_numpy(x["images"]).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(ours["logits"], theirs.logits_per_image.numpy(), atol=ATOL)
 
 
 def test_write_replaces_the_folder_whole(tmp_path):

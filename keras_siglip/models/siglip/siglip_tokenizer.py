@@ -78,7 +78,9 @@ class SigLIPTokenizer(PresetMixin, SentencePieceTokenizer):
     Args:
         proto: SentencePiece model (path or serialized bytes). Vocabularies in
             use: T5 `cc_en.32000` and mT5 `mc4.250000` (SigLIP), Gemma 256k
-            (SigLIP 2). All have `</s>` = 1.
+            (SigLIP 2). All have their end-of-sequence piece at id 1: `</s>`
+            in T5 / mT5, `<eos>` in Gemma (the end token is whichever the
+            vocabulary has).
         pad_token: `"</s>"` for SigLIP 1 (pads with EOS), `"<pad>"` for SigLIP 2.
         lowercase: lowercase texts (all released checkpoints expect it).
         canonicalize: also replace `_` by space, drop ASCII punctuation and
@@ -118,6 +120,12 @@ class SigLIPTokenizer(PresetMixin, SentencePieceTokenizer):
             hard_vocab_limit=False, minloglevel=2,
         )
         return cls(model.getvalue(), pad_token=pad_token, **kwargs)
+
+    def _update_special_token_ids(self):
+        # Gemma's vocabulary names its end-of-sequence piece `<eos>`, T5's `</s>`.
+        if self.end_token == "</s>" and "</s>" not in self.get_vocabulary() and "<eos>" in self.get_vocabulary():
+            self.end_token = "<eos>"
+        super()._update_special_token_ids()
 
     def __call__(self, inputs, *args, **kwargs):
         check_texts(inputs)
