@@ -19,7 +19,6 @@ big_vision files (a mirror).
 """
 
 import os
-import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -293,9 +292,3 @@ def _normal(value):
 def _first_line(error):
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
-
-
-def remove_cached(name):
-    """Delete the cached conversion of card `name` (the download caches of
-    `huggingface_hub` / `kagglehub` are theirs to manage)."""
-    shutil.rmtree(cached_preset(name), ignore_errors=True)

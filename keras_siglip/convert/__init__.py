@@ -257,24 +257,17 @@ def export_huggingface(source, destination, overwrite=False):
     from keras_siglip.convert.pali_gemma import write_pali_gemma
     from keras_siglip.models import PaliGemmaBackbone, SigLIPBackbone, SigLIPPreprocessor
     from keras_siglip.models.pali_gemma import PaliGemmaCausalLMPreprocessor
-
     from keras_siglip.utils.preset import preset_loader
 
     check_destination(source, destination, overwrite)
     source, _, _ = preset_loader(source)  # a name or foreign checkpoint: converted (cached) as from_preset does
     if _exported_model(source, "Hugging Face") == "pali_gemma":
-        backbone = PaliGemmaBackbone.from_preset(source)
-        preprocessor = _preset_preprocessor(source, PaliGemmaCausalLMPreprocessor)
-        write_pali_gemma(
-            backbone, destination,
-            tokenizer=getattr(preprocessor, "tokenizer", None),
-            image_converter=getattr(preprocessor, "image_converter", None),
-        )
-        return os.fspath(destination)
-    backbone = SigLIPBackbone.from_preset(source)
-    preprocessor = _preset_preprocessor(source, SigLIPPreprocessor)
-    write_huggingface(
-        backbone, destination,
+        backbone_cls, preprocessor_cls, write = PaliGemmaBackbone, PaliGemmaCausalLMPreprocessor, write_pali_gemma
+    else:
+        backbone_cls, preprocessor_cls, write = SigLIPBackbone, SigLIPPreprocessor, write_huggingface
+    preprocessor = _preset_preprocessor(source, preprocessor_cls)
+    write(
+        backbone_cls.from_preset(source), destination,
         tokenizer=getattr(preprocessor, "tokenizer", None),
         image_converter=getattr(preprocessor, "image_converter", None),
     )

@@ -305,8 +305,14 @@ def keras_hub_tokenizer(tokenizer):
 
 
 def keras_hub_image_converter(cls, image_converter):
-    """keras-hub image converter `cls` with our converter's resize and scaling."""
+    """keras-hub image converter `cls` with our converter's resize and scaling
+    (None for None); a NaFlex converter has no keras-hub counterpart."""
+    if image_converter is None:
+        return None
     config = image_converter.get_config()
+    if "max_num_patches" in config:
+        raise ValueError(f"A NaFlex image converter has no keras-hub counterpart (keras-hub's {cls.__name__} "
+                         "takes whole images at one fixed size).")
     keys = ("image_size", "scale", "offset", "interpolation", "antialias", "crop_to_aspect_ratio",
             "pad_to_aspect_ratio")
     return cls(**{key: config[key] for key in keys if key in config})
@@ -327,12 +333,7 @@ def keras_hub_preprocessing(preprocessor):
 
     if preprocessor is None:
         return []
-    converter = preprocessor.image_converter
-    if converter is not None and "max_num_patches" in converter.get_config():
-        raise ValueError("A NaFlex image converter has no keras-hub counterpart (keras-hub's SigLIP takes "
-                         "whole images at one fixed size).")
-    if converter is not None:
-        converter = keras_hub_image_converter(keras_hub.layers.SigLIPImageConverter, converter)
+    converter = keras_hub_image_converter(keras_hub.layers.SigLIPImageConverter, preprocessor.image_converter)
     tokenizer = preprocessor.tokenizer
     if tokenizer is None:
         return [converter] if converter is not None else []

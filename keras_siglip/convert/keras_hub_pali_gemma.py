@@ -442,12 +442,7 @@ def keras_hub_pali_gemma_preprocessing(preprocessor):
 
     if preprocessor is None:
         return []
-    converter = preprocessor.image_converter
-    if converter is not None and "max_num_patches" in converter.get_config():
-        raise ValueError("A NaFlex image converter has no keras-hub counterpart (keras-hub's PaliGemma takes "
-                         "whole images at one fixed size).")
-    if converter is not None:
-        converter = keras_hub_image_converter(keras_hub.layers.PaliGemmaImageConverter, converter)
+    converter = keras_hub_image_converter(keras_hub.layers.PaliGemmaImageConverter, preprocessor.image_converter)
     if preprocessor.tokenizer is None:
         return [converter] if converter is not None else []
     tokenizer = keras_hub.models.PaliGemmaTokenizer(proto=preprocessor.tokenizer.proto)
