@@ -50,6 +50,9 @@ def synthetic(hursts=(0.5, 0.7, 0.9), num_docs=32, doc_length=2048, seed=0):
         )
         results[hurst] = result
         print(f"{hurst:>8.2f}{result.S:>8.3f}{result.H:>10.3f}{result.J:>8.3f}{result.D:>8.3f}")
+        # For fGn every exponent estimates the true H (D = 2 - S): the estimators recover it.
+        assert abs(result.J - hurst) < 0.05 and abs(result.S - hurst) < 0.06, (hurst, result)
+        assert abs(result.H - hurst) < 0.1 and abs(result.D - (2 - result.S)) < 1e-6, (hurst, result)
     return results
 
 
@@ -87,12 +90,18 @@ def captions(num_captions=1000, num_train=1000, epochs=2, segment_length=128, nu
     tokens = sum(len(x) for x in log_probs)
     bits = -np.concatenate(log_probs).mean() / np.log(2)
     print(f"scored {len(log_probs)} captions, {tokens} tokens, {bits:.2f} bits per token")
+    # The captioner learned: its loss fell and it beats a uniform guess over the vocabulary.
+    uniform_bits = np.log2(captioner.backbone.vocabulary_size)
+    assert losses[-1] < losses[0] and bits < uniform_bits - 2, (losses, bits, uniform_bits)
     result = fractal.fractal_analysis(
         log_probs, concatenate=True, segment_length=segment_length, epsilon=0.1,
         tau_scales=[2, 3, 4, 6, 8, 12, 16, 24, 32], hurst_scales=[8, 12, 16, 24, 32, 48, 64],
         num_bootstrap=num_bootstrap, seed=seed, plot_path=plot_path,
     )
     print(result.table(f"fractal parameters, {segment_length}-token segments"))
+    # Surprisal of captions is persistent, as the paper finds for language (H > 0.5, the
+    # value of independent noise): the whole 95% interval lies above it.
+    assert result.ci["H"][0] > 0.5, result.table()
     return result
 
 

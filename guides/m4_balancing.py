@@ -107,6 +107,12 @@ def main(argv=None):
     print(f"balanced in {time.perf_counter() - start:.2f} s: {report.summary()}")
     show("before", report.before)
     show("M4", report.after)
+    # The claim: the planted biases are there before (baseline: gap 0 and |cov| 0 for balanced data)
+    # and M4's weights bring both within the requested tolerance and bound.
+    assert report.representation_gap_before > 10 * args.tolerance, report.summary()
+    assert report.association_gap_before > 2 * args.bound, report.summary()
+    assert report.representation_gap_after <= args.tolerance * (1 + 1e-6), report.summary()
+    assert report.association_gap_after <= args.bound * (1 + 1e-6), report.summary()
     rate_before, rate_after = report.before["label_rate"], report.after["label_rate"]
     print("colour rates before -> after: " + ", ".join(
         f"{c} {a:.1%}->{b:.1%}" for c, a, b in zip(shapes.COLORS, rate_before, rate_after)))
@@ -116,6 +122,10 @@ def main(argv=None):
     picked = balanced_subsample(weights, size, seed=args.seed)
     sub = statistics(backgrounds[picked], colors[picked])
     show("subsample", sub)
+    # A random draw of the weights keeps most of the correction (sampling noise aside).
+    sub_gap = np.abs(sub["representation"] - report.representation_targets).max()
+    assert sub_gap < report.representation_gap_before / 4, sub_gap
+    assert np.abs(sub["association"]).max() < report.association_gap_before / 2, sub["association"]
 
     # Or keep example i with probability w_i inside a tf.data pipeline (the paper's
     # Bernoulli subsampling; mode="sample_weight" attaches w_i for model.fit instead).
@@ -124,6 +134,9 @@ def main(argv=None):
     data = tf.data.Dataset.from_tensor_slices({"background": backgrounds[:head], "colour": colors[:head]})
     kept = sum(1 for _ in weighted_dataset(data, weights[:head], seed=args.seed))
     print(f"tf.data: kept {kept} of the first {head} examples (expected {weights[:head].sum():.0f})")
+    # Bernoulli draws: the count lies within 4 standard deviations of its expectation.
+    spread = np.sqrt(np.sum(weights[:head] * (1 - weights[:head])))
+    assert abs(kept - weights[:head].sum()) <= 4 * spread, (kept, weights[:head].sum(), spread)
 
     plot(report.before, report.after, sub, report.representation_targets, args.out)
     print(f"wrote {args.out}")
