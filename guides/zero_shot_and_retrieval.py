@@ -28,7 +28,9 @@ classifier = ks.models.SigLIPZeroShotClassifier(
 held_out = shapes.ShapesDataset(200, seed=123).arrays()  # a seed never trained on
 probabilities = classifier.predict(held_out["images"], batch_size=100, verbose=0)
 accuracy = np.mean(probabilities.argmax(-1) == held_out["labels"])
-print(f"zero-shot top-1 over {len(labels)} labels: {accuracy:.1%}")
+chance = 1 / len(labels)
+print(f"zero-shot top-1 over {len(labels)} labels: {accuracy:.1%} (chance {chance:.1%})")
+assert accuracy > 20 * chance, f"zero-shot top-1 {accuracy:.1%} is not far above chance {chance:.1%}"
 for label, p in classifier.classify(held_out["images"][0], top_k=3)[0]:
     print(f"  {p:.3f}  {label}")
 
@@ -41,3 +43,6 @@ recall = ks.metrics.retrieval_recall(
 )
 print("image -> text recall:", recall["image_to_text"])
 print("text -> image recall:", recall["text_to_image"])
+# Chance Recall@K over 200 candidates is K / 200 (5% at K = 10).
+for direction in ("image_to_text", "text_to_image"):
+    assert recall[direction][10] > 5 * 10 / 200, (direction, recall[direction])
