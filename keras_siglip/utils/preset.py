@@ -65,6 +65,22 @@ def _loads_weights(cls, kwargs):
     return issubclass(cls, (Backbone, Task)) and bool(kwargs.get("load_weights", True))
 
 
+def saved_policy_map(preset):
+    """The serialized `DTypePolicyMap` a quantized backbone was saved with, or
+    None. keras-hub's backbone loader passes `dtype=None` over the saved one,
+    which builds float layers that then cannot take the saved integer kernels;
+    passing the saved map back keeps each quantized layer quantized."""
+    path = os.path.join(preset, "config.json") if os.path.isdir(preset) else None
+    if path is None or not os.path.isfile(path):
+        return None
+    import json
+
+    with open(path, encoding="utf-8") as file:
+        dtype = json.load(file).get("config", {}).get("dtype")
+    is_map = isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicyMap"
+    return dtype if is_map else None
+
+
 def _load_with_checks(preset, load, weights):
     """`load(True)`, with the file checks of `preset_checks.load_checked` for a
     local folder (other presets are keras-hub's to fetch)."""
@@ -94,6 +110,8 @@ class PresetMixin:
         preset = check_preset(resolve_preset(preset, allow_nan=allow_nan))
         parent = super()
         weights = _loads_weights(cls, kwargs)
+        if weights and kwargs.get("dtype") is None and saved_policy_map(preset):
+            kwargs["dtype"] = saved_policy_map(preset)
 
         def load(load_weights):
             return parent.from_preset(preset, **(kwargs if load_weights else {**kwargs, "load_weights": False}))
@@ -111,7 +129,8 @@ class PresetMixin:
         float kernel, about 0.8 s each with TensorFlow, JAX and torch loaded
         (30 s for the 900k-weight shipped model; under a second this way).
         Keras' warning for each layer without weights to quantize (norms,
-        dropout, ...) is not shown."""
+        dropout, ...) is not shown, nor, for `float8` (Keras' float8 covers
+        matmuls), that of each embedding lookup, which stays float."""
         import gc
         import warnings
 
@@ -120,6 +139,8 @@ class PresetMixin:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Layer .* does not have a `quantize` method")
+                if mode == "float8":
+                    warnings.filterwarnings("ignore", message="Invalid quantization mode. Expected one of")
                 return super().quantize(mode, **kwargs)
         finally:
             gc.collect = collect
