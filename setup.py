@@ -1,5 +1,7 @@
 from setuptools import find_packages, setup
 
+EXPORT = ["onnx>=1.23,<2", "onnxruntime>=1.32,<2", "tf2onnx>=1.17,<2", "ai-edge-litert>=2.3,<3"]
+
 setup(
     name="keras-siglip",
     version="0.1.0",
@@ -36,6 +38,8 @@ setup(
         "torch": ["torch>=2.13,<3"],
         # Sharded backups (keras_siglip.callbacks.ShardedBackupAndRestore).
         "orbax": ["orbax-checkpoint>=0.12.8,<0.13"],
+        # `keras-siglip export` to ONNX (tf2onnx) and running exports (onnxruntime, LiteRT).
+        "export": EXPORT,
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.8,<4",
@@ -43,6 +47,7 @@ setup(
             "torch>=2.13,<3",
             "transformers>=5.23,<6",
             "orbax-checkpoint>=0.12.8,<0.13",
+            *EXPORT,
         ],
     },
     entry_points={"console_scripts": ["keras-siglip=keras_siglip.cli:main"]},

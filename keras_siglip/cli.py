@@ -4,6 +4,8 @@
     keras-siglip zero-shot --preset P IMAGE... --labels L1 L2 ...
     keras-siglip embed --preset P [--texts T ...] [IMAGE ...] --out embeddings.npy
     keras-siglip convert SRC DST [--overwrite] [--to huggingface|keras-hub]
+    keras-siglip export PRESET OUT --format saved_model|litert|onnx [--towers image,text]
+                        [--input images|naflex] [--max-num-patches N] [--quantize MODE] [--overwrite]
     keras-siglip demo [--preset P] [--out demo.png]
 
 Results go to standard output, progress and messages to standard error. An
@@ -27,7 +29,7 @@ class CLIError(Exception):
 
 def _expected_errors():
     """Exceptions that are the user's input at fault, not a bug of ours."""
-    return (CLIError, ValueError, OSError, UnicodeError)
+    return (CLIError, ValueError, OSError, UnicodeError, ImportError)  # ImportError: a missing extra
 
 
 @contextlib.contextmanager
@@ -234,6 +236,39 @@ def cmd_convert(args):
     print(f"Wrote {destination}")
 
 
+def cmd_export(args):
+    from keras_siglip import export
+    from keras_siglip.convert import _preset_preprocessor
+    from keras_siglip.models import SigLIPBackbone, SigLIPPreprocessor
+    from keras_siglip.utils.preset import preset_loader
+
+    export.check_destination(args.out, args.overwrite)  # before loading anything
+    preset, _, backbone_cls = preset_loader(args.preset)
+    if not issubclass(backbone_cls, SigLIPBackbone):
+        raise CLIError(f"{args.preset} holds a {backbone_cls.__name__}; export takes SigLIP / SigLIP 2 two-tower "
+                       "models (image and text encoders).")
+    backbone = SigLIPBackbone.from_preset(preset)
+    model_input = getattr(backbone.vision_encoder, "input_format", "images")
+    if args.input is not None and args.input != model_input and "image" in args.towers:
+        kind = {"images": "a fixed-resolution", "naflex": "a NaFlex", "packed": "a sequence-packing"}[model_input]
+        raise CLIError(f"{args.preset} is {kind} model (input {model_input!r}); --input {args.input} needs a "
+                       f"model trained for it.")
+    with contextlib.redirect_stdout(sys.stderr):
+        out = export.export(backbone, args.out, args.format, args.towers,
+                            _preset_preprocessor(preset, SigLIPPreprocessor), args.max_num_patches,
+                            quantize=args.quantize, overwrite=args.overwrite)
+    print(f"Wrote {out}")
+
+
+def _towers(text):
+    from keras_siglip.export import TOWERS
+
+    towers = tuple(t.strip() for t in text.split(","))
+    if not all(towers) or any(t not in TOWERS for t in towers) or len(set(towers)) != len(towers):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {' and '.join(TOWERS)}; got {text!r}")
+    return towers
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -313,6 +348,28 @@ def build_parser():
                         "keras-hub: to a preset folder keras-hub's own from_preset loads")
     p.set_defaults(run=cmd_convert)
 
+    p = sub.add_parser(
+        "export", help="a SigLIP preset's towers -> TensorFlow SavedModel, LiteRT (.tflite) or ONNX files",
+        description="Export a SigLIP / SigLIP 2 preset's image and text towers (preprocessed inputs -> "
+                    "L2-normalised embeddings, dynamic batch) with export.json and the tokenizer. Exports run "
+                    "on TensorFlow whatever KERAS_BACKEND says: the weights are the same on every backend.",
+    )
+    p.add_argument("preset", help="a preset name, folder or URI, or a checkpoint convert takes")
+    p.add_argument("out", help="the folder to write (must not exist, or be an export with --overwrite)")
+    p.add_argument("--format", required=True, choices=("saved_model", "litert", "onnx"))
+    p.add_argument("--towers", type=_towers, default=("image", "text"), metavar="image,text",
+                   help="which towers to export (default both)")
+    p.add_argument("--input", choices=("images", "naflex"), default=None,
+                   help="the image tower's inputs: images (fixed resolution) or naflex (patches, mask, "
+                        "coordinates); default and required: the model's own")
+    p.add_argument("--max-num-patches", type=_positive_int, default=None, metavar="N",
+                   help="NaFlex: patches per image in the export (default: the preset's preprocessor's)")
+    p.add_argument("--quantize", choices=("int8", "int4", "float8"), default=None,
+                   help="quantize the float model: saved_model takes int8, int4, float8; onnx int8, int4 "
+                        "(Keras' quantized layers); litert int8 (the TF Lite converter's dynamic-range int8)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export whole")
+    p.set_defaults(run=cmd_export)
+
     p = sub.add_parser("demo", help="zero-shot on held-out shapes images, with a picture")
     p.add_argument("--preset", default=DEFAULT_PRESET)
     p.add_argument("--num-images", type=_positive_int, default=200)
@@ -327,6 +384,8 @@ def main(argv=None):
     args = parser.parse_args(argv)  # usage errors: argparse prints them and exits with 2
     if args.command == "embed" and bool(args.images) == bool(args.texts):
         parser.embed_parser.error("give either IMAGE files or --texts (one of the two)")
+    if args.command == "export" and "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = "tensorflow"  # the exporters' backend (see `keras_siglip.export`)
     try:
         with (contextlib.nullcontext() if args.debug else _quiet_native_logs()):
             args.run(args)
