@@ -317,7 +317,9 @@ def _max_num_patches(backbone, preprocessor, max_num_patches, towers):
 def _quantization_mode(backbone, format, quantize):
     """The export's quantization mode (None for float), refusing what the
     format cannot run."""
-    modes = {layer.quantization_mode for layer in backbone._flatten_layers() if layer.quantization_mode}
+    from keras_siglip.utils.tensors import quantization_modes
+
+    modes = quantization_modes(backbone)
     if modes and quantize is not None:
         raise ValueError(f"The model is already quantized ({', '.join(sorted(modes))}); pass quantize only with a "
                          "float model.")

@@ -102,3 +102,17 @@ def _check_not_empty(x, method):
                 f"{method} got 0 examples (inputs of shape {tuple(shape)}); pass at least one "
                 "(an empty batch has nothing to compute)."
             )
+
+
+def quantization_modes(layer):
+    """The quantization modes (`layer.quantize`) of `layer` and its sublayers."""
+    return {sub.quantization_mode for sub in layer._flatten_layers() if sub.quantization_mode}
+
+
+def refuse_quantized(layer, purpose):
+    """Raise for a quantized `layer` where `purpose` reads float kernels
+    directly (an integer kernel read as floats would be silently wrong)."""
+    modes = quantization_modes(layer)
+    if modes:
+        raise ValueError(f"{purpose} reads float kernels; this model is quantized ({', '.join(sorted(modes))}). "
+                         "Do it on the float model and quantize afterwards.")

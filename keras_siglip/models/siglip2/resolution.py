@@ -61,7 +61,10 @@ def at_resolution(backbone, image_size, patch_size=None):
     from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
     from keras_siglip.models.siglip.siglip_vision_encoder import SigLIPVisionEncoder
 
+    from keras_siglip.utils.tensors import refuse_quantized
+
     vision = backbone.vision_encoder
+    refuse_quantized(backbone, "at_resolution")
     if getattr(vision, "input_format", "images") != "images":
         raise ValueError("at_resolution adapts fixed-resolution towers; a NaFlex tower reads the same "
                          "weights at every sequence length.")

@@ -57,7 +57,7 @@ from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
 from keras_siglip.presets.siglip2_recipes import size_factor_for_width
 from keras_siglip.optimizers import SigLIPAdamW
 from keras_siglip.utils.seeds import SavedSeedMixin
-from keras_siglip.utils.tensors import ArrayChecksMixin, check_token_ids
+from keras_siglip.utils.tensors import ArrayChecksMixin, check_token_ids, refuse_quantized
 
 TERMS = ("sigmoid_loss", "decoder_loss", "distillation_loss", "masked_prediction_loss")
 LOGGED = TERMS + ("temperature", "bias", "ema_momentum")
@@ -447,6 +447,7 @@ class SigLIP2Pretrainer(SavedSeedMixin, ArrayChecksMixin, Task):
             self.sigmoid_loss.chunk_size, self.sigmoid_loss.cross_device,
         )
         targets = x["decoder_targets"]
+        refuse_quantized(self.decoder.logits_dense, "SigLIP2Pretrainer's chunked decoder loss")
         nll = chunked_token_nll(y_pred["decoder_hidden_states"], self.decoder.logits_dense.kernel,
                                 self.decoder.logits_dense.bias, targets, self.decoder_chunk_size)
         decoder = ops.mean(per_caption_mean(nll, targets))

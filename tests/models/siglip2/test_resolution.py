@@ -57,6 +57,9 @@ def test_at_resolution_equals_the_model_run_at_that_size():
     assert tuple(smaller_patch.vision_encoder.vit.embedding.kernel.shape) == (12 * 12 * 3, 32)
     with pytest.raises(ValueError, match="multiple"):
         at_resolution(backbone, 50)
+    backbone.quantize("int8")  # its patch kernel would be read as floats
+    with pytest.raises(ValueError, match=r"at_resolution reads float kernels; this model is quantized \(int8\)"):
+        at_resolution(backbone, 48)
 
 
 def test_stretched_schedule():

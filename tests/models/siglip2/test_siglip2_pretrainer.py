@@ -123,6 +123,17 @@ def test_stage_a_terms_equal_numpy():
     assert "distillation_loss" not in out and model.distillation is None
 
 
+def test_a_quantized_decoder_is_refused_not_read_as_floats():
+    """The chunked loss reads the logits kernel directly: an int8 kernel would
+    be taken for float weights."""
+    model = make_pretrainer()
+    x = make_inputs()
+    model.decoder.logits_dense.quantize("int8")
+    out = model(x, training=False)
+    with pytest.raises(ValueError, match="chunked decoder loss reads float kernels; this model is quantized"):
+        model.compute_loss(x, None, out, training=False)
+
+
 def test_decoder_reads_unpooled_tokens_and_scores_only_targets(monkeypatch):
     model = make_pretrainer()
     kernel = model.decoder.logits_dense.kernel  # zero-initialised: every token would score log V
