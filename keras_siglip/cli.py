@@ -75,13 +75,14 @@ def load(preset):
 
 
 def cmd_presets(args):
-    from keras_siglip.models.siglip.siglip_presets import _shipped_metadata
-    from keras_siglip.presets import PUBLISHED_PRESETS, SHIPPED_PRESETS, pali_gemma_presets, recipe_presets
+    from keras_siglip.presets import (
+        PUBLISHED_PRESETS, SHIPPED_PRESETS, pali_gemma_presets, recipe_presets, shipped_metadata,
+    )
     from keras_siglip.presets.siglip2_recipes import COMMON, NOTES, RECIPES
 
     print("Shipped (load offline by name):")
     for name, path in SHIPPED_PRESETS.items():
-        meta = _shipped_metadata(path)
+        meta = shipped_metadata(path)
         accuracy = meta.get("zero_shot_accuracy")
         extra = f", zero-shot {accuracy:.1%}" if accuracy is not None else ""
         print(f"  {name:34s} {meta['params']:>13,} params{extra}  {meta['description']}")
@@ -111,12 +112,11 @@ def cmd_presets(args):
 def _print_published(name, card, verbose):
     """A published card's line; verbose: its sources in order of preference,
     the size of its float32 weights, and whether its conversion is cached."""
-    from keras_siglip import hub
-
     meta = card["metadata"]
     print(f"  {name:34s} {meta['params']:>13,} params  {meta['description']}")
     if not verbose:
         return
+    from keras_siglip import hub
     for where, source in card["sources"].items():
         print(f"      {where:12s} {source}")
     folder = hub.cached_preset(name)

@@ -23,7 +23,6 @@ import sys
 import urllib.error
 import urllib.request
 
-from keras_siglip.convert.common import CheckpointMismatch, CorruptCheckpoint
 
 # What a converter reads from a Hugging Face repo (the rest, e.g. PyTorch pickles
 # or ONNX copies, is never downloaded).
@@ -54,10 +53,14 @@ def published_card(name):
     return PUBLISHED_PRESETS.get(name) or pali_gemma_presets().get(name)
 
 
+def cache_dir():
+    """Where converted sources are kept (`$KERAS_SIGLIP_CACHE`, else ~/.cache/keras_siglip)."""
+    default = os.path.join(os.path.expanduser("~"), ".cache", "keras_siglip")
+    return os.environ.get("KERAS_SIGLIP_CACHE", default)
+
+
 def cached_preset(name):
     """Where the converted preset of card `name` is kept."""
-    from keras_siglip.convert import cache_dir
-
     return os.path.join(cache_dir(), "presets", name)
 
 
@@ -77,6 +80,7 @@ def fetch_preset(name, allow_nan=False, progress=True):
     every source tried, `CheckpointMismatch` when a source holds another
     architecture than the card's."""
     from keras_siglip.convert import convert
+    from keras_siglip.convert.common import CorruptCheckpoint
     from keras_siglip.utils.checksums import verify_checksums
 
     card = published_card(name)
@@ -183,8 +187,6 @@ def fetch_kaggle(handle):
 def fetch_big_vision(uri):
     """Download a big_vision `.npz` (a `gs://` file of the public bucket, read
     over HTTPS) into `$KERAS_SIGLIP_CACHE/downloads`, resuming a partial file."""
-    from keras_siglip.convert import cache_dir
-
     if offline():
         raise PresetUnavailable("offline")
     url = uri
@@ -251,6 +253,7 @@ def _check_card(name, card, local, source):
     """Refuse a source whose model is not the card's architecture (a repo
     renamed, replaced or mirrored wrongly), before anything is converted."""
     from keras_siglip.convert import read_checkpoint
+    from keras_siglip.convert.common import CheckpointMismatch
 
     if source.startswith("gs://"):
         return  # read with config=name: big_vision's reader checks the shapes against the card

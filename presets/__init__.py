@@ -8,9 +8,10 @@ this file and load offline by name.
 """
 
 import functools
+import json
 import os
 
-from keras_siglip.layers.vit import decode_variant
+from keras_siglip.presets.variants import decode_variant
 from keras_siglip.presets.siglip2_recipes import RECIPES, recipe_card
 
 PRESETS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -158,13 +159,36 @@ def _published():
 PUBLISHED_PRESETS = _published()
 
 
+def cappa_parameter_count(config):
+    """Trainable parameters of a `CapPaBackbone` config, without building it."""
+    p, c, w = config["patch_size"], config.get("num_channels", 3), config["width"]
+    size = config.get("image_size", 224)
+    h, ww = (size, size) if isinstance(size, int) else size
+    m = config["mlp_dim"]
+    vision = (p * p * c + 1) * w + (h // p) * (ww // p) * w
+    vision += config["depth"] * (4 * (w * w + w) + 2 * w * m + m + w + 4 * w) + 2 * w
+
+    e = config.get("decoder_width") or w
+    dm = config.get("decoder_mlp_dim") or m
+    depth = config.get("decoder_depth") or config["depth"]
+    vocab = config["vocabulary_size"]
+    bias = bool(config.get("decoder_bias", False))
+    embeddings = (vocab + int(config.get("masked_pred", True))) * e
+    embeddings += config.get("max_length", 64) * e
+    self_attention = 4 * e * e
+    cross_attention = 2 * e * e + 2 * w * e  # query, output; keys, values from width w
+    norms = 3 * e * (2 if bias else 1)
+    mlp = 2 * e * dm + (dm + e if bias else 0)
+    block = self_attention + cross_attention + norms + mlp
+    decoder = embeddings + depth * block + 2 * e + (e + 1) * vocab
+    return vision + decoder
+
+
 @functools.lru_cache(maxsize=None)
 def recipe_presets():
     """Cards of papers' recipes whose weights were never published: name ->
     {"metadata", "config", "sources"}; `CapPaBackbone.from_preset(name,
     load_weights=False)` builds them with random weights."""
-    from keras_siglip.layers.vit import decode_variant
-
     def cappa(variant, vocabulary, decoder):
         encoder = decode_variant(variant)
         return {**encoder, "image_size": 224, "vocabulary_size": vocabulary, "max_length": 64,
@@ -186,8 +210,6 @@ def recipe_presets():
             "LocCa, Wan et al. 2024 (no released weights or code)",
         ),
     }
-    from keras_siglip.models.cappa.cappa_backbone import cappa_parameter_count
-
     return {
         name: {
             "metadata": {"family": family, "description": description,
@@ -206,7 +228,7 @@ def pali_gemma_presets():
     load_weights=False)` builds one with random weights; the weights are
     converted from the sources (`keras-siglip convert`). Also importable as
     `keras_siglip.presets.PALI_GEMMA_PRESETS`."""
-    from keras_siglip.models.pali_gemma.pali_gemma_presets import PALI_GEMMA_PRESETS
+    from keras_siglip.presets.pali_gemma import PALI_GEMMA_PRESETS
 
     return PALI_GEMMA_PRESETS
 
@@ -230,6 +252,22 @@ def __getattr__(name):
     if name == "PALI_GEMMA_PRESETS":
         return pali_gemma_presets()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def shipped_metadata(path):
+    """A shipped preset's card (`card.json`): description, parameter count,
+    zero-shot accuracy; read without importing a framework."""
+    card_path = os.path.join(path, "card.json")
+    card = {}
+    if os.path.exists(card_path):
+        with open(card_path) as f:
+            card = json.load(f)
+    return {
+        "description": card.get("description", ""),
+        "params": card.get("params"),
+        "zero_shot_accuracy": card.get("zero_shot_accuracy"),
+        "path": "siglip",
+    }
 
 
 # Presets trained and shipped with the package: name -> folder beside this file.

@@ -29,6 +29,7 @@ from keras_siglip.convert.common import (
     Checkpoint, CheckpointMismatch, CorruptCheckpoint, NonFiniteWeights, build_backbone, load_into,
 )
 from keras_siglip.convert.huggingface import read_huggingface, write_huggingface
+from keras_siglip.hub import cache_dir
 from keras_siglip.convert.keras_hub import assign_weights, keras_hub_weights, read_keras_hub
 from keras_siglip.convert.keras_hub_pali_gemma import (
     is_keras_hub_pali_gemma, load_keras_hub_pali_gemma, read_keras_hub_pali_gemma,
@@ -405,12 +406,6 @@ def _pali_gemma_preprocessor(checkpoint, backbone):
         kwargs = {"image_size": (backbone.image_size, backbone.image_size), **kwargs}
         image_converter = PaliGemmaImageConverter(**kwargs)
     return PaliGemmaCausalLMPreprocessor(tokenizer, image_converter)
-
-
-def cache_dir():
-    """Where converted sources are kept (`$KERAS_SIGLIP_CACHE`, else ~/.cache/keras_siglip)."""
-    default = os.path.join(os.path.expanduser("~"), ".cache", "keras_siglip")
-    return os.environ.get("KERAS_SIGLIP_CACHE", default)
 
 
 def resolve_preset(preset, allow_nan=False):

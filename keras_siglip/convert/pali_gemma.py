@@ -645,7 +645,7 @@ _OPTIONS = ("query_pre_attn_scalar", "attention_logit_soft_cap", "final_logit_so
 def _given_config(config):
     """A PaliGemma preset card name, a card, or `PaliGemmaBackbone` kwargs -> kwargs."""
     if isinstance(config, str):
-        from keras_siglip.models.pali_gemma.pali_gemma_presets import PALI_GEMMA_PRESETS
+        from keras_siglip.presets.pali_gemma import PALI_GEMMA_PRESETS
 
         if config not in PALI_GEMMA_PRESETS:
             raise ValueError(f"Unknown PaliGemma preset {config!r}; known: {', '.join(sorted(PALI_GEMMA_PRESETS))}.")

@@ -560,12 +560,3 @@ class GemmaDecoder(keras.layers.Layer):
             remat=self.remat,
         )
         return config
-
-
-def gemma_parameter_count(config):
-    """Trainable parameters of a `GemmaDecoder` config (tied output embedding)."""
-    d, f = config["hidden_dim"], config["intermediate_dim"]
-    n, k, h = config["num_query_heads"], config["num_key_value_heads"], config["head_dim"]
-    norms = 4 if config.get("use_post_norms") else 2
-    block = 2 * n * d * h + 2 * k * d * h + 3 * d * f + norms * d
-    return config["vocabulary_size"] * d + config["num_layers"] * block + d

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from keras import ops
 
+from keras_siglip.presets.pali_gemma import gemma_parameter_count
 from keras_siglip.layers.gemma import (
     GemmaDecoder,
     RMSNormalization,
-    gemma_parameter_count,
     make_attention_mask,
     prefix_lm_mask,
 )

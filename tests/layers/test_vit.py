@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 from keras_siglip.layers import MAPHead, PositionEmbedding, VisionTransformer, patchify
-from keras_siglip.layers.vit import decode_variant
+from keras_siglip.presets.variants import decode_variant
 
 
 def test_dense_patch_embedding_equals_valid_conv(rng):

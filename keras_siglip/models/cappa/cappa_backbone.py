@@ -203,28 +203,3 @@ class CapPaBackbone(ImageToTextMixin, PresetMixin, Backbone):
             **self.decoder_sizes,
         )
         return config
-
-
-def cappa_parameter_count(config):
-    """Trainable parameters of a `CapPaBackbone` config, without building it."""
-    p, c, w = config["patch_size"], config.get("num_channels", 3), config["width"]
-    size = config.get("image_size", 224)
-    h, ww = (size, size) if isinstance(size, int) else size
-    m = config["mlp_dim"]
-    vision = (p * p * c + 1) * w + (h // p) * (ww // p) * w
-    vision += config["depth"] * (4 * (w * w + w) + 2 * w * m + m + w + 4 * w) + 2 * w
-
-    e = config.get("decoder_width") or w
-    dm = config.get("decoder_mlp_dim") or m
-    depth = config.get("decoder_depth") or config["depth"]
-    vocab = config["vocabulary_size"]
-    bias = bool(config.get("decoder_bias", False))
-    embeddings = (vocab + int(config.get("masked_pred", True))) * e
-    embeddings += config.get("max_length", 64) * e
-    self_attention = 4 * e * e
-    cross_attention = 2 * e * e + 2 * w * e  # query, output; keys, values from width w
-    norms = 3 * e * (2 if bias else 1)
-    mlp = 2 * e * dm + (dm + e if bias else 0)
-    block = self_attention + cross_attention + norms + mlp
-    decoder = embeddings + depth * block + 2 * e + (e + 1) * vocab
-    return vision + decoder

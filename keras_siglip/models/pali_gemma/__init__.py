@@ -1,4 +1,4 @@
-from keras_siglip.models.pali_gemma.pali_gemma_backbone import PaliGemmaBackbone, pali_gemma_parameter_count
+from keras_siglip.models.pali_gemma.pali_gemma_backbone import PaliGemmaBackbone
 from keras_siglip.models.pali_gemma.pali_gemma_causal_lm import PaliGemmaCausalLM, PrefixLMLoss
 from keras_siglip.models.pali_gemma.pali_gemma_causal_lm_preprocessor import PaliGemmaCausalLMPreprocessor
 from keras_siglip.models.pali_gemma.pali_gemma_image_converter import PaliGemmaImageConverter
@@ -11,3 +11,4 @@ from keras_siglip.models.pali_gemma.pali_gemma_segmentation import (
     parse_segmentation_tokens,
     paste_mask,
 )
+from keras_siglip.presets.pali_gemma import pali_gemma_parameter_count

@@ -24,7 +24,7 @@ import numpy as np
 from keras import ops
 from keras_hub.models import Backbone
 
-from keras_siglip.layers.gemma import GemmaDecoder, gemma_parameter_count
+from keras_siglip.layers.gemma import GemmaDecoder
 from keras_siglip.layers.vit import VisionTransformer
 from keras_siglip.models.cappa.cappa_backbone import ENCODER_FORMATS, encoder_input
 from keras_siglip.models.pali_gemma.pali_gemma_generation import left_align
@@ -202,7 +202,7 @@ class PaliGemmaBackbone(PresetMixin, Backbone):
         (`keras_siglip.hub`); with `load_weights=False` it builds the
         architecture with random weights, offline (kwargs override the card's
         config, e.g. `input_format="naflex"`)."""
-        from keras_siglip.models.pali_gemma.pali_gemma_presets import PALI_GEMMA_PRESETS
+        from keras_siglip.presets.pali_gemma import PALI_GEMMA_PRESETS
 
         if isinstance(preset, str) and preset in PALI_GEMMA_PRESETS and not load_weights:
             return cls(**{**PALI_GEMMA_PRESETS[preset]["config"], **kwargs})
@@ -330,16 +330,3 @@ def image_batch(images):
     if images.ndim == 3:
         images = images[None]
     return ops.convert_to_tensor(images), len(images)
-
-
-def pali_gemma_parameter_count(config):
-    """Trainable parameters of a `PaliGemmaBackbone` config, without building it."""
-    p = config.get("vit_patch_size", 14)
-    w = config.get("vit_hidden_dim", 1152)
-    m = config.get("vit_intermediate_dim", 4304)
-    depth = config.get("vit_num_layers", 27)
-    tokens = (config["image_size"] // p) ** 2
-    block = 4 * (w * w + w) + 2 * w * m + m + w + 4 * w
-    vision = (p * p * 3 + 1) * w + tokens * w + depth * block + 2 * w
-    projector = (w + 1) * config["hidden_dim"]
-    return vision + projector + gemma_parameter_count(config)

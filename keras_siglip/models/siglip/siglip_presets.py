@@ -1,31 +1,14 @@
 """Registers the shipped presets by name and builds published architectures."""
 
-import json
-import os
-
 from keras_hub.src.utils.preset_utils import register_presets
 
-from keras_siglip.presets import PUBLISHED_PRESETS, SHIPPED_PRESETS
-
-
-def _shipped_metadata(path):
-    card_path = os.path.join(path, "card.json")
-    card = {}
-    if os.path.exists(card_path):
-        with open(card_path) as f:
-            card = json.load(f)
-    return {
-        "description": card.get("description", ""),
-        "params": card.get("params"),
-        "zero_shot_accuracy": card.get("zero_shot_accuracy"),
-        "path": "siglip",
-    }
+from keras_siglip.presets import PUBLISHED_PRESETS, SHIPPED_PRESETS, shipped_metadata
 
 
 def register_shipped_presets(backbone_cls):
     register_presets(
         {
-            name: {"metadata": _shipped_metadata(path), "kaggle_handle": path}
+            name: {"metadata": shipped_metadata(path), "kaggle_handle": path}
             for name, path in SHIPPED_PRESETS.items()
         },
         backbone_cls,

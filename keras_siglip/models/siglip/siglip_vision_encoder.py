@@ -13,7 +13,7 @@ class SigLIPVisionEncoder(ArrayChecksMixin, PresetMixin, Backbone):
 
     Args:
         patch_size: int P.
-        width, depth, num_heads, mlp_dim: ViT sizes (see `layers.vit.VARIANTS`).
+        width, depth, num_heads, mlp_dim: ViT sizes (see `keras_siglip.presets.variants.VARIANTS`).
         image_size: int or `(H, W)`, the training resolution; fixes the learned
             position grid `(H // P, W // P)`. Other input sizes run with a resized
             position grid.

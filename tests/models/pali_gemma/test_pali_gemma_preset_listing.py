@@ -19,7 +19,7 @@ from keras_siglip.models.pali_gemma import (
     PaliGemmaTokenizer,
     pali_gemma_parameter_count,
 )
-from keras_siglip.models.pali_gemma.pali_gemma_presets import PALI_GEMMA_PRESETS
+from keras_siglip.presets.pali_gemma import PALI_GEMMA_PRESETS
 
 NAMES = [f"paligemma_3b_pt_{r}" for r in (224, 448, 896)] + [
     f"paligemma2_{size}_pt_{r}" for size in ("3b", "10b", "28b") for r in (224, 448, 896)

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from keras_siglip.models.pali_gemma import pali_gemma_parameter_count  # noqa: E402
-from keras_siglip.models.pali_gemma.pali_gemma_presets import PALI_GEMMA_PRESETS  # noqa: E402
+from keras_siglip.presets.pali_gemma import PALI_GEMMA_PRESETS  # noqa: E402
 
 PUBLISHED = {
     "paligemma_3b_pt_224": 2_923_335_408,

@@ -44,9 +44,29 @@ def pali_gemma_config(gemma, image_size):
     return dict(vocabulary_size=VOCABULARY_SIZE, image_size=image_size, **gemma, **SO400M_14)
 
 
-def _cards():
-    from keras_siglip.models.pali_gemma.pali_gemma_backbone import pali_gemma_parameter_count
+def gemma_parameter_count(config):
+    """Trainable parameters of a `GemmaDecoder` config (tied output embedding)."""
+    d, f = config["hidden_dim"], config["intermediate_dim"]
+    n, k, h = config["num_query_heads"], config["num_key_value_heads"], config["head_dim"]
+    norms = 4 if config.get("use_post_norms") else 2
+    block = 2 * n * d * h + 2 * k * d * h + 3 * d * f + norms * d
+    return config["vocabulary_size"] * d + config["num_layers"] * block + d
 
+
+def pali_gemma_parameter_count(config):
+    """Trainable parameters of a `PaliGemmaBackbone` config, without building it."""
+    p = config.get("vit_patch_size", 14)
+    w = config.get("vit_hidden_dim", 1152)
+    m = config.get("vit_intermediate_dim", 4304)
+    depth = config.get("vit_num_layers", 27)
+    tokens = (config["image_size"] // p) ** 2
+    block = 4 * (w * w + w) + 2 * w * m + m + w + 4 * w
+    vision = (p * p * 3 + 1) * w + tokens * w + depth * block + 2 * w
+    projector = (w + 1) * config["hidden_dim"]
+    return vision + projector + gemma_parameter_count(config)
+
+
+def _cards():
     cards = {}
     families = [
         # (name prefix, family, size, language model, Gemma, HF prefix, Kaggle handle, big_vision name)
