@@ -32,11 +32,13 @@ import subprocess
 import sys
 import time
 
+from benchmarks import worker
+from benchmarks.worker import BACKENDS
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ROW_PREFIX = "@@ROW "
 LOG_PREFIX = "@@LOG "
-BACKENDS = ("jax", "tensorflow", "torch")
 EOS_ID = 1
 
 # keras-hub `PaliGemmaBackbone` kwargs (keras-hub's intermediate_dim is twice the GeGLU width).
@@ -255,10 +257,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.worker:
         return run_worker(args)
-    backends = [b for b in args.backends.split(",") if b]
-    unknown = sorted(set(backends) - set(BACKENDS))
-    if unknown:
-        raise SystemExit(f"Unknown backends {unknown}; choose from {BACKENDS}.")
+    backends = worker.backend_list(args.backends)
     start = time.perf_counter()
     rows = []
     for backend in backends:

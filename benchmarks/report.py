@@ -393,6 +393,7 @@ def markdown(result, notes=None):
         "```",
         "python -m benchmarks            # full run (this file, results.json, results.png)",
         "python -m benchmarks --quick    # < 3 min; writes benchmarks/quick/",
+        "python -m benchmarks.quantization  # int8/int4/float8 accuracy and speed, all backends (~13 min)",
         "benchmarks/gpu.sh               # JAX + torch rows on a GPU machine; writes benchmarks/gpu/",
         "```",
         "",

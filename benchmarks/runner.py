@@ -19,7 +19,7 @@ import threading
 import time
 
 from benchmarks import report
-from benchmarks.worker import BACKENDS, LOG_PREFIX, ROW_PREFIX
+from benchmarks.worker import BACKENDS, LOG_PREFIX, ROW_PREFIX, backend_list
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -152,7 +152,7 @@ def _wait_idle(seconds):
 def main(argv=None):
     args = parse_args(argv)
     start = time.perf_counter()
-    backends = [b for b in args.backends.split(",") if b]
+    backends = backend_list(args.backends)
     peers = [p for p in args.peers.split(",") if p]
     if "torch" in backends and not _available("torch"):
         print("torch is not installed: skipping the torch backend (pip install -e '.[test]')")

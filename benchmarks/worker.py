@@ -21,6 +21,15 @@ LOG_PREFIX = "@@LOG "
 BACKENDS = ("jax", "tensorflow", "torch")
 
 
+def backend_list(text):
+    """"jax,torch" -> ["jax", "torch"]; exits naming any unknown backend."""
+    backends = [b for b in text.split(",") if b]
+    unknown = sorted(set(backends) - set(BACKENDS))
+    if unknown:
+        raise SystemExit(f"Unknown backends {unknown}; choose from {BACKENDS}.")
+    return backends
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
