@@ -1,15 +1,16 @@
 """Peak memory of converting a full-size checkpoint, as a multiple of its size.
 
     python -m benchmarks.conversion_memory                       # So400m/16 SigLIP 2, 256k vocab
-    python -m benchmarks.conversion_memory --preset siglip_base_patch16_224
+    python -m benchmarks.conversion_memory --preset siglip_base_patch16_224 --backends jax
 
 Writes a random Hugging Face checkpoint of the published architecture (float32
 safetensors, built by `transformers` on its own, not by us), then converts it
-with `keras-siglip convert` in a fresh process and reads that process's peak
-resident memory. The conversion streams tensors one at a time into the model,
-so the peak is one copy of the weights plus the largest tensor plus the
-frameworks' own footprint (measured separately: the same process importing
-everything and exiting).
+with `keras-siglip convert` in a fresh process per backend and reads that
+process's peak resident memory. The conversion builds the model with zero
+weights (no random draws), streams tensors one at a time into it and has
+freed tensors returned to the system, so the peak is one copy of the weights
+plus the tensor in flight plus the frameworks' own footprint (measured
+separately: the same process importing everything and exiting).
 """
 
 import argparse
@@ -20,6 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks import worker
+from benchmarks.worker import BACKENDS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -58,43 +62,52 @@ def write_random_hf(preset, folder):
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
 
 
+def measure(source, size, backend, work):
+    """Peak RSS of `keras-siglip convert` on `backend`, next to the import footprint."""
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    print(f"[{backend}] measuring the frameworks' own footprint ...", flush=True)
+    _, baseline = _child_peak_rss(
+        [sys.executable, "-c", "import keras, keras_siglip.convert, keras_siglip.models"], env)
+    print(f"[{backend}] converting with keras-siglip convert ...", flush=True)
+    destination = os.path.join(work, f"ours_{backend}")
+    seconds, peak = _child_peak_rss(
+        [sys.executable, "-m", "keras_siglip.cli", "convert", source, destination], env)
+    shutil.rmtree(destination, ignore_errors=True)
+    print(f"[{backend}] peak {peak / 2**30:.2f} GiB = {(peak - baseline) / size:.2f}x the checkpoint above "
+          f"the {baseline / 2**30:.2f} GiB import footprint ({seconds:.0f} s)", flush=True)
+    return {
+        "backend": backend,
+        "peak_rss_bytes": peak,
+        "import_baseline_rss_bytes": baseline,
+        "peak_over_size": peak / size,
+        "peak_minus_baseline_over_size": (peak - baseline) / size,
+        "seconds": seconds,
+    }
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.conversion_memory", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="siglip2_so400m_patch16_256")
-    parser.add_argument("--backend", default="jax")
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated, default all three")
     parser.add_argument("--out", default=os.path.join(HERE, "conversion_memory.json"))
     args = parser.parse_args(argv)
+    backends = worker.backend_list(args.backends)
     work = tempfile.mkdtemp(prefix="keras_siglip_convmem_")
-    env = {**os.environ, "KERAS_BACKEND": args.backend}
     try:
         source = os.path.join(work, "hf")
         print(f"writing a random {args.preset} HF checkpoint ...", flush=True)
         start = time.perf_counter()
         size = write_random_hf(args.preset, source)
         print(f"  {size / 2**30:.2f} GiB of safetensors in {time.perf_counter() - start:.0f} s", flush=True)
-        print("measuring the frameworks' own footprint ...", flush=True)
-        _, baseline = _child_peak_rss(
-            [sys.executable, "-c", "import keras, keras_siglip.convert, keras_siglip.models"], env)
-        print(f"converting with keras-siglip convert ({args.backend}) ...", flush=True)
-        seconds, peak = _child_peak_rss(
-            [sys.executable, "-m", "keras_siglip.cli", "convert", source, os.path.join(work, "ours")], env)
         result = {
             "preset": args.preset,
-            "backend": args.backend,
             "checkpoint_bytes": size,
-            "peak_rss_bytes": peak,
-            "import_baseline_rss_bytes": baseline,
-            "peak_over_size": peak / size,
-            "peak_minus_baseline_over_size": (peak - baseline) / size,
-            "seconds": seconds,
+            "runs": [measure(source, size, backend, work) for backend in backends],
         }
-        print(json.dumps(result, indent=1))
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
-        print(f"peak {peak / 2**30:.2f} GiB = {peak / size:.2f}x the checkpoint "
-              f"({(peak - baseline) / size:.2f}x above the {baseline / 2**30:.2f} GiB import footprint); "
-              f"wrote {os.path.relpath(args.out)}")
+        print(f"wrote {os.path.relpath(args.out)}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

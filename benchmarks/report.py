@@ -394,6 +394,7 @@ def markdown(result, notes=None):
         "python -m benchmarks            # full run (this file, results.json, results.png)",
         "python -m benchmarks --quick    # < 3 min; writes benchmarks/quick/",
         "python -m benchmarks.quantization  # int8/int4/float8 accuracy and speed, all backends (~13 min)",
+        "python -m benchmarks.conversion_memory  # converter peak memory on So400m/16, all backends (~6 min)",
         "benchmarks/gpu.sh               # JAX + torch rows on a GPU machine; writes benchmarks/gpu/",
         "```",
         "",

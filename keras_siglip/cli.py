@@ -220,6 +220,9 @@ def cmd_demo(args):
 
 def cmd_convert(args):
     from keras_siglip import convert
+    from keras_siglip.utils.memory import return_freed_tensors_to_the_system
+
+    return_freed_tensors_to_the_system()
 
     exports = {"huggingface": convert.export_huggingface, "keras-hub": convert.export_keras_hub}
     if args.to in exports and (args.preset or args.tokenizer):

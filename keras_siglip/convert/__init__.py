@@ -30,6 +30,7 @@ from keras_siglip.convert.common import (
 )
 from keras_siglip.convert.huggingface import read_huggingface, write_huggingface
 from keras_siglip.hub import cache_dir
+from keras_siglip.utils.memory import weights_to_be_loaded
 from keras_siglip.convert.keras_hub import assign_weights, keras_hub_weights, read_keras_hub
 from keras_siglip.convert.keras_hub_pali_gemma import (
     is_keras_hub_pali_gemma, load_keras_hub_pali_gemma, read_keras_hub_pali_gemma,
@@ -191,7 +192,8 @@ def convert(source, destination, config=None, tokenizer=None, progress=True, ove
     if tokenizer is not None:
         checkpoint.tokenizer = _read_tokenizer(tokenizer, checkpoint.config["text_encoder"]["vocabulary_size"])
     try:
-        backbone = _build(model, checkpoint.config)
+        with weights_to_be_loaded():  # load_into assigns every weight or raises
+            backbone = _build(model, checkpoint.config)
     except ValueError as error:  # e.g. a damaged name hid the text head: name the source
         raise CheckpointMismatch(
             f"{checkpoint.source}: its tensors describe a model that cannot be built: {error}"

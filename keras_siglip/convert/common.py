@@ -14,6 +14,8 @@ import keras
 import ml_dtypes
 import numpy as np
 
+from keras_siglip.utils.memory import host_tensor
+
 
 @dataclasses.dataclass
 class Checkpoint:
@@ -148,7 +150,7 @@ def load_into(backbone, checkpoint, progress=True, allow_nan=False):
             array = np.asarray(value, dtype=variable.dtype)
             if not allow_nan and is_float_dtype(array.dtype) and not np.isfinite(array).all():
                 nonfinite.append(where(path))
-            variable.assign(array)
+            variable.assign(host_tensor(array))
             assigned.add(path)
         if bar is not None:
             bar.update(count)

@@ -378,14 +378,38 @@ def tensor_origins(present, extra, where):
     return origins
 
 
+# Tensors larger than this are read in row blocks of about this size.
+_READ_BLOCK_BYTES = 64 << 20
+
+
 def read_tensor(path, name):
     """One tensor of a safetensors file as a numpy array; a clear error naming
-    the file and tensor when it cannot be read."""
-    with _safe_open(path) as f:
-        try:
-            return f.get_tensor(name)
-        except Exception as error:  # safetensors raises its own error types
-            raise CorruptCheckpoint(f"{path}: cannot read tensor {name!r}: {error}") from None
+    the file and tensor when it cannot be read.
+
+    safetensors memory-maps the file, and every page read stays resident
+    until the file is closed: read whole, a tensor would briefly cost twice
+    its size. Large tensors (a 256k-row embedding is 1.2 GB) are therefore
+    read a block of rows at a time, the file reopened for each block.
+    """
+    try:
+        with _safe_open(path) as f:
+            block = f.get_slice(name)
+            shape = tuple(block.get_shape())
+            first = block[0:1] if shape else f.get_tensor(name)
+            row_bytes = first.nbytes
+            if not shape or row_bytes * shape[0] <= _READ_BLOCK_BYTES:
+                return f.get_tensor(name)
+        out = np.empty(shape, first.dtype)
+        rows = max(1, _READ_BLOCK_BYTES // max(row_bytes, 1))
+        for start in range(0, shape[0], rows):
+            stop = min(start + rows, shape[0])  # safetensors does not clip slices
+            with _safe_open(path) as f:
+                out[start:stop] = f.get_slice(name)[start:stop]
+        return out
+    except CorruptCheckpoint:
+        raise
+    except Exception as error:  # safetensors raises its own error types
+        raise CorruptCheckpoint(f"{path}: cannot read tensor {name!r}: {error}") from None
 
 
 def _read_json(path):

@@ -333,3 +333,26 @@ def test_wrong_names_and_shapes_are_listed(hf_folder):
     assert "unexpected (1): huggingface:extra.weight" in message
     assert "transformer/encoder/block_0/mlp/dense_0/kernel: checkpoint (48, 80) vs model (48, 81)" in message
     assert "transformer/encoder/block_0/attention/query/kernel: checkpoint (47, 48) vs model (48, 3, 16)" in message
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_large_tensors_are_read_in_blocks(tmp_path, monkeypatch, dtype):
+    """Tensors over the block size are read a block of rows at a time (the file
+    reopened each time); the result is the tensor, whatever the remainder."""
+    import ml_dtypes
+
+    from keras_siglip.convert import huggingface
+
+    rng = np.random.default_rng(0)
+    tensors = {
+        "rows": rng.normal(size=(37, 5, 3)).astype(np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else dtype),
+        "vector": rng.normal(size=(101,)).astype("float32"),
+        "scalar": np.array(3.0, "float32"),
+    }
+    path = str(tmp_path / "model.safetensors")
+    save_file(tensors, path)
+    monkeypatch.setattr(huggingface, "_READ_BLOCK_BYTES", 64)  # 2 rows of 5x3 x 2-4 bytes
+    for name, value in tensors.items():
+        read = huggingface.read_tensor(path, name)
+        assert read.dtype == value.dtype and read.shape == value.shape, name
+        assert read.tobytes() == value.tobytes(), name
