@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,20 +26,6 @@ from benchmarks.worker import BACKENDS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def _child_peak_rss(command, env):
-    """Run `command`; return (seconds, peak RSS in bytes) of that child alone."""
-    script = (
-        "import resource, subprocess, sys, time\n"
-        "start = time.perf_counter()\n"
-        "subprocess.run(sys.argv[1:], check=True)\n"
-        "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", script, *command], env=env, check=True,
-                         capture_output=True, text=True)
-    seconds, kib = out.stdout.strip().splitlines()[-1].split()
-    return float(seconds), int(kib) * 1024
 
 
 def write_random_hf(preset, folder):
@@ -66,11 +51,11 @@ def measure(source, size, backend, work):
     """Peak RSS of `keras-siglip convert` on `backend`, next to the import footprint."""
     env = {**os.environ, "KERAS_BACKEND": backend}
     print(f"[{backend}] measuring the frameworks' own footprint ...", flush=True)
-    _, baseline = _child_peak_rss(
+    _, baseline = worker.child_peak_rss(
         [sys.executable, "-c", "import keras, keras_siglip.convert, keras_siglip.models"], env)
     print(f"[{backend}] converting with keras-siglip convert ...", flush=True)
     destination = os.path.join(work, f"ours_{backend}")
-    seconds, peak = _child_peak_rss(
+    seconds, peak = worker.child_peak_rss(
         [sys.executable, "-m", "keras_siglip.cli", "convert", source, destination], env)
     shutil.rmtree(destination, ignore_errors=True)
     print(f"[{backend}] peak {peak / 2**30:.2f} GiB = {(peak - baseline) / size:.2f}x the checkpoint above "

@@ -395,6 +395,7 @@ def markdown(result, notes=None):
         "python -m benchmarks --quick    # < 3 min; writes benchmarks/quick/",
         "python -m benchmarks.quantization  # int8/int4/float8 accuracy and speed, all backends (~13 min)",
         "python -m benchmarks.conversion_memory  # converter peak memory on So400m/16, all backends (~6 min)",
+        "python -m benchmarks.startup    # cold start, memory and imports of each CLI command (~5 min)",
         "benchmarks/gpu.sh               # JAX + torch rows on a GPU machine; writes benchmarks/gpu/",
         "```",
         "",

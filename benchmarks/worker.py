@@ -30,6 +30,23 @@ def backend_list(text):
     return backends
 
 
+def child_peak_rss(command, env):
+    """Run `command` in a fresh process; return (seconds, peak RSS in bytes) of
+    that process alone (measured by a parent that does nothing else)."""
+    import subprocess
+
+    script = (
+        "import resource, subprocess, sys, time\n"
+        "start = time.perf_counter()\n"
+        "subprocess.run(sys.argv[1:], check=True)\n"
+        "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, *command], env=env, check=True,
+                         capture_output=True, text=True)
+    seconds, kib = out.stdout.strip().splitlines()[-1].split()
+    return float(seconds), int(kib) * 1024
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

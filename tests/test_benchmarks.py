@@ -87,3 +87,18 @@ def test_report_renders(rows, tmp_path):
     assert "| row | config | batch | backend |" in text and "## Machine" in text
     assert json.load(open(js))["rows"] == json.loads(json.dumps(rows))
     assert os.path.getsize(png) > 0
+
+
+def test_startup_benchmark_records_imports_and_memory(tmp_path):
+    """`benchmarks.startup` runs a command in a fresh process and reports what
+    it imported: `presets` none of the frameworks, `embed` keras and the backend."""
+    from benchmarks import startup
+
+    backend = keras.backend.backend()
+    argv = startup.commands(str(tmp_path))
+    listing = startup.measure(backend, "presets", argv["presets"], str(tmp_path), repeats=1)
+    assert listing["imports"] == [] and listing["peak_rss_bytes"] > 0
+    embed = startup.measure(backend, "embed", argv["embed"], str(tmp_path), repeats=1)
+    assert {"keras", backend} <= set(embed["imports"])
+    assert (tmp_path / "embedding.npy").exists()
+    assert "| `embed` |" in startup.table([listing, embed])
