@@ -1,4 +1,4 @@
-"""PaliGemma greedy generation, tokens/s: keras_siglip vs keras-hub on the same weights.
+"""PaliGemma greedy generation, tokens/s: keras_siglip vs keras-hub and HF transformers on the same weights.
 
     python -m benchmarks.pali_gemma_generate                      # jax, tensorflow, torch
     python -m benchmarks.pali_gemma_generate --backends jax --batches 1 --repeats 3
@@ -28,8 +28,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from benchmarks import worker
@@ -104,6 +106,23 @@ def _models(config_name):
     return PaliGemmaCausalLM(ours, preprocessor=None), reference
 
 
+def _hf_model(ours, folder):
+    """Our model exported with `convert.export_huggingface` and loaded by
+    transformers (float32, eval), or None without torch / transformers."""
+    import importlib.util
+
+    if not (importlib.util.find_spec("torch") and importlib.util.find_spec("transformers")):
+        return None
+    import transformers
+
+    from keras_siglip import convert
+
+    ours.backbone.save_to_preset(os.path.join(folder, "preset"))
+    convert.export_huggingface(os.path.join(folder, "preset"), os.path.join(folder, "hf"))
+    model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(os.path.join(folder, "hf"))
+    return model.float().eval()
+
+
 def _mode(backend):
     return {"jax": "jax.jit", "tensorflow": "tf.function(jit_compile=True)", "torch": "torch eager, no_grad"}[backend]
 
@@ -131,6 +150,15 @@ def run_worker(args):
     image_tokens = (config["image_size"] // config["vit_patch_size"]) ** 2
     _log(f"[{args.backend}] built keras-hub {args.config} PaliGemma and converted it in "
          f"{time.perf_counter() - start:.1f} s")
+    hf_folder = tempfile.mkdtemp(prefix="keras_siglip_pg_hf_")
+    try:
+        hf = _hf_model(ours, hf_folder)
+    finally:
+        shutil.rmtree(hf_folder, ignore_errors=True)
+    if hf is not None:
+        import torch
+
+        _log(f"[{args.backend}] exported it to transformers' PaliGemmaForConditionalGeneration")
     new, prompt = args.new_tokens, args.prompt_length
     for batch in [int(b) for b in args.batches.split(",")]:
         rng = np.random.default_rng(batch)
@@ -146,28 +174,49 @@ def run_worker(args):
         def run_keras_hub():
             return np.asarray(reference.generate(kh_inputs, stop_token_ids=None)["token_ids"])[:, prompt:]
 
+        runs = {"ours": run_ours, "keras-hub": run_keras_hub}
+        if hf is not None:
+            image_ids = np.full((batch, image_tokens), hf.config.image_token_index, "int64")
+            input_ids = torch.from_numpy(np.concatenate([image_ids, prompt_ids], axis=1).astype("int64"))
+            hf_inputs = dict(input_ids=input_ids, pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
+                             attention_mask=torch.ones_like(input_ids), token_type_ids=torch.zeros_like(input_ids))
+
+            def run_hf():
+                with torch.no_grad():
+                    out = hf.generate(**hf_inputs, do_sample=False, max_new_tokens=new, min_new_tokens=new)
+                return out.numpy()[:, input_ids.shape[1]:]
+
+            runs["hf"] = run_hf
+
         row = {"case": "pali_gemma_generate", "config": args.config, "backend": args.backend, "batch": batch,
                "new_tokens": new, "prompt_length": prompt, "image_tokens": image_tokens,
                "vocabulary_size": config["vocabulary_size"], "unit": "tokens/s"}
         if threads is not None:
             row["torch_threads"] = threads
         outputs = {}
-        for name, run in (("ours", run_ours), ("keras-hub", run_keras_hub)):
+        for name, run in runs.items():
             _log(f"[{args.backend}] b={batch}: first call (trace + compile) of {name} ...")
             seconds, out = timing.first_call(run)
             outputs[name] = np.asarray(out)
-            row[name] = {"mode": _mode(args.backend), "first_call_s": seconds}
+            mode = "transformers generate, torch eager, no_grad" if name == "hf" else _mode(args.backend)
+            row[name] = {"mode": mode, "first_call_s": seconds}
             _log(f"[{args.backend}] b={batch}: {name} first call {seconds:.1f} s")
-        row["agree"] = bool(outputs["ours"].shape == outputs["keras-hub"].shape
-                            and np.array_equal(outputs["ours"], outputs["keras-hub"]))
-        _log(f"[{args.backend}] b={batch}: generated ids agree: {row['agree']}; timing "
-             f"{args.repeats} calls each (interleaved) ...")
-        summaries = timing.measure_interleaved({"ours": run_ours, "keras-hub": run_keras_hub},
-                                               warmup=args.warmup, repeats=args.repeats)
+
+        def same(peer):
+            return bool(outputs["ours"].shape == outputs[peer].shape and np.array_equal(outputs["ours"], outputs[peer]))
+
+        row["agree"] = same("keras-hub")
+        if hf is not None:
+            row["agree_hf"] = same("hf")
+        _log(f"[{args.backend}] b={batch}: generated ids agree with keras-hub: {row['agree']}, with HF: "
+             f"{row.get('agree_hf', 'not run')}; timing {args.repeats} calls each (interleaved) ...")
+        summaries = timing.measure_interleaved(runs, warmup=args.warmup, repeats=args.repeats)
         for name, summary in summaries.items():
             row[name].update(summary)
             row[name]["tokens_per_s"] = batch * new / (summary["median_ms"] / 1e3)
         row["ratio"] = row["ours"]["tokens_per_s"] / row["keras-hub"]["tokens_per_s"]
+        if hf is not None:
+            row["ratio_hf"] = row["ours"]["tokens_per_s"] / row["hf"]["tokens_per_s"]
         print(ROW_PREFIX + json.dumps(row), flush=True)
     return 0
 
@@ -178,10 +227,12 @@ def run_worker(args):
 def _summary(row):
     if "error" in row:
         return f"[{row['backend']}] FAILED: {row['error']}"
+    hf = (f", HF {row['hf']['tokens_per_s']:.0f} tokens/s: x{row['ratio_hf']:.2f}"
+          f"{'' if row['agree_hf'] else ' (OUTPUTS DISAGREE)'}") if "hf" in row else ""
     return (f"[{row['backend']}] b={row['batch']}: ours {row['ours']['tokens_per_s']:.0f} tokens/s "
             f"({row['ours']['median_ms']:.1f} ms), keras-hub {row['keras-hub']['tokens_per_s']:.0f} tokens/s "
             f"({row['keras-hub']['median_ms']:.1f} ms): x{row['ratio']:.2f}"
-            f"{'' if row['agree'] else '  OUTPUTS DISAGREE'}")
+            f"{'' if row['agree'] else '  OUTPUTS DISAGREE'}{hf}")
 
 
 def run_backend(backend, args):
@@ -212,15 +263,18 @@ def run_backend(backend, args):
 
 
 def table(rows):
-    lines = ["| backend | batch | ours tokens/s | keras-hub tokens/s | ours / keras-hub | first call ours / keras-hub (s) | ids agree |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| backend | batch | ours tokens/s | keras-hub tokens/s | ours / keras-hub | HF tokens/s | ours / HF "
+             "| first call ours / keras-hub (s) | ids agree (keras-hub, HF) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['backend']} | - | failed | | | | |")
+            lines.append(f"| {r['backend']} | - | failed | | | | | | |")
             continue
+        hf = (f"{r['hf']['tokens_per_s']:.0f} | **{r['ratio_hf']:.2f}x**" if "hf" in r else "not run | -")
         lines.append(f"| {r['backend']} | {r['batch']} | {r['ours']['tokens_per_s']:.0f} | "
-                     f"{r['keras-hub']['tokens_per_s']:.0f} | **{r['ratio']:.2f}x** | "
-                     f"{r['ours']['first_call_s']:.1f} / {r['keras-hub']['first_call_s']:.1f} | {r['agree']} |")
+                     f"{r['keras-hub']['tokens_per_s']:.0f} | **{r['ratio']:.2f}x** | {hf} | "
+                     f"{r['ours']['first_call_s']:.1f} / {r['keras-hub']['first_call_s']:.1f} | "
+                     f"{r['agree']}, {r.get('agree_hf', '-')} |")
     return "\n".join(lines)
 
 

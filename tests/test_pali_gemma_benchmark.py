@@ -2,7 +2,8 @@
 
 Runs `python -m benchmarks.pali_gemma_generate` (parent + one worker subprocess) on
 the tiny config, the current backend, batch 1, 2 new tokens, one timed call.
-Checks the JSON's fields and that both implementations generated the same ids;
+Checks the JSON's fields and that all three implementations (ours, keras-hub,
+transformers on our export) generated the same ids;
 never asserts on times.
 """
 
@@ -36,10 +37,11 @@ def test_benchmark_rows(tmp_path):
     assert "error" not in row
     assert row["backend"] == backend and row["batch"] == 1 and row["unit"] == "tokens/s"
     assert row["image_tokens"] == 4 and row["prompt_length"] == 3
-    assert row["agree"] is True
-    for name in ("ours", "keras-hub"):
+    assert row["agree"] is True and row["agree_hf"] is True  # keras-hub's and transformers' generate
+    assert "ours / HF" in proc.stdout
+    for name in ("ours", "keras-hub", "hf"):
         entry = row[name]
         for key in ("mode", "first_call_s", "median_ms", "min_ms", "repeats", "times_ms", "tokens_per_s"):
             assert key in entry, (name, key)
         assert entry["repeats"] == 1 and entry["tokens_per_s"] > 0
-    assert row["ratio"] > 0
+    assert row["ratio"] > 0 and row["ratio_hf"] > 0
