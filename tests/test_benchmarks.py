@@ -102,3 +102,20 @@ def test_startup_benchmark_records_imports_and_memory(tmp_path):
     assert {"keras", backend} <= set(embed["imports"])
     assert (tmp_path / "embedding.npy").exists()
     assert "| `embed` |" in startup.table([listing, embed])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="backend-independent: runs once, under torch")
+def test_gpu_script_names_each_backend_without_a_gpu(tmp_path):
+    """`benchmarks/gpu.sh` on a machine whose frameworks see no GPU (a stand-in
+    `nvidia-smi` lists one) stops before benchmarking and names what to install
+    for each backend it was asked for."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'GPU 0: stand-in'\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}{os.pathsep}{os.path.dirname(sys.executable)}{os.pathsep}"
+               + os.environ.get("PATH", ""), BACKENDS="tensorflow,torch")
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "tensorflow sees no GPU" in proc.stderr and "torch" in proc.stderr and "sees no GPU" in proc.stderr
+    assert "jax sees no GPU" not in proc.stderr  # not asked for
