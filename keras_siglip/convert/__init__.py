@@ -349,33 +349,49 @@ def write_preset(backbone, checkpoint, destination):
     `destination` whole."""
     from keras_siglip.utils.preset import atomic_directory
 
+    from keras_siglip.models import SigLIPImageConverter
+    from keras_siglip.models.pali_gemma import PaliGemmaBackbone
+
     preprocessor = make_preprocessor(checkpoint, backbone)
+    if preprocessor is None and not isinstance(backbone, PaliGemmaBackbone):
+        # No tokenizer, but the source may say how to resize images: keep that
+        # (`SigLIPImageConverter.from_preset(destination)` reads it back). A
+        # NaFlex converter is no preset layer of its own; its patch size is the
+        # backbone's and its sequence length a per-call choice.
+        converter = _image_converter(checkpoint)
+        preprocessor = converter if isinstance(converter, SigLIPImageConverter) else None
     with atomic_directory(destination, merge=False) as tmp:
         backbone.save_to_preset(tmp)
         if preprocessor is not None:
             preprocessor.save_to_preset(tmp)
 
 
+def _image_converter(checkpoint):
+    """The image converter `checkpoint.image_converter` describes, or None."""
+    from keras_siglip.layers import NaFlexImageConverter
+    from keras_siglip.models import SigLIPImageConverter
+
+    if checkpoint.image_converter is None:
+        return None
+    name, kwargs = checkpoint.image_converter
+    classes = {"SigLIPImageConverter": SigLIPImageConverter, "NaFlexImageConverter": NaFlexImageConverter}
+    return classes[name](**kwargs)
+
+
 def make_preprocessor(checkpoint, backbone):
     """The preprocessor a checkpoint implies (`SigLIPPreprocessor`, or
     `PaliGemmaCausalLMPreprocessor` for a `PaliGemmaBackbone`), or None
     without a tokenizer."""
-    from keras_siglip.layers import NaFlexImageConverter
-    from keras_siglip.models import SigLIPImageConverter, SigLIPPreprocessor, SigLIPTokenizer
+    from keras_siglip.models import SigLIPPreprocessor, SigLIPTokenizer
     from keras_siglip.models.pali_gemma import PaliGemmaBackbone
 
     if checkpoint.tokenizer is None:
         return None
     if isinstance(backbone, PaliGemmaBackbone):
         return _pali_gemma_preprocessor(checkpoint, backbone)
-    tokenizer = SigLIPTokenizer(**checkpoint.tokenizer)
-    image_converter = None
-    if checkpoint.image_converter is not None:
-        name, kwargs = checkpoint.image_converter
-        classes = {"SigLIPImageConverter": SigLIPImageConverter, "NaFlexImageConverter": NaFlexImageConverter}
-        image_converter = classes[name](**kwargs)
     return SigLIPPreprocessor(
-        tokenizer, image_converter, sequence_length=backbone.text_encoder.sequence_length
+        SigLIPTokenizer(**checkpoint.tokenizer), _image_converter(checkpoint),
+        sequence_length=backbone.text_encoder.sequence_length,
     )
 
 

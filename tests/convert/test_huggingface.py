@@ -356,3 +356,23 @@ def test_large_tensors_are_read_in_blocks(tmp_path, monkeypatch, dtype):
         read = huggingface.read_tensor(path, name)
         assert read.dtype == value.dtype and read.shape == value.shape, name
         assert read.tobytes() == value.tobytes(), name
+
+
+def test_image_preprocessing_is_kept_without_a_tokenizer(tmp_path):
+    """An HF folder with `preprocessor_config.json` but no SentencePiece file:
+    the preset keeps the image settings (bicubic, antialias, size) although it
+    cannot have a text preprocessor."""
+    from keras_siglip import convert
+    from keras_siglip.models import SigLIPImageConverter
+
+    folder = tmp_path / "siglip"
+    hf_model(False).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "SiglipImageProcessor", "do_resize": True, "size": {"height": 16, "width": 16},
+        "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    }))
+    convert.convert(str(folder), str(tmp_path / "preset"), progress=False)
+    converter = SigLIPImageConverter.from_preset(str(tmp_path / "preset"))
+    assert (converter.interpolation, converter.antialias, converter.image_size) == ("bicubic", True, (16, 16))
+    assert not (tmp_path / "preset" / "tokenizer.json").exists()

@@ -72,7 +72,26 @@ class SigLIPImageConverter(PresetMixin, ImageConverter):
         # Resize in float: uint8 inputs would otherwise be rounded after the
         # resize on some paths (eager) and not on others (tf.data).
         images = keras.ops.cast(images, "float32") if not self._use_tf_workflow() else _tf_float(images)
-        return super().call({**inputs, "images": images} if isinstance(inputs, dict) else images)
+        outputs = super().call({**inputs, "images": images} if isinstance(inputs, dict) else images)
+        if isinstance(outputs, dict):
+            return {**outputs, "images": self._clip_to_pixel_range(outputs["images"])}
+        return self._clip_to_pixel_range(outputs)
+
+    def _clip_to_pixel_range(self, images):
+        """Clip to what pixels in [0, 255] map to. Bicubic (and Lanczos)
+        resizing overshoots at sharp edges (by up to 36 grey levels on
+        natural-looking images); HF's processor and big_vision resize in uint8,
+        which clips. Bilinear never overshoots, so this changes nothing there."""
+        scale = np.broadcast_to(np.asarray(1.0 if self.scale is None else self.scale, "float32"), (3,))
+        offset = np.broadcast_to(np.asarray(0.0 if self.offset is None else self.offset, "float32"), (3,))
+        ends = np.stack([offset, 255.0 * scale + offset])  # (2, 3): [0, 255] under the affine map
+        low, high = ends.min(axis=0), ends.max(axis=0)
+        if self._use_tf_workflow():
+            import tensorflow as tf
+
+            return tf.clip_by_value(images, tf.cast(low, images.dtype), tf.cast(high, images.dtype))
+        low, high = (keras.ops.cast(bound, images.dtype) for bound in (low, high))
+        return keras.ops.minimum(keras.ops.maximum(images, low), high)
 
 
 def _tf_float(images):
