@@ -36,7 +36,6 @@ exports with its integer kernels.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
