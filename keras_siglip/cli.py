@@ -222,7 +222,8 @@ def cmd_convert(args):
     from keras_siglip import convert
     from keras_siglip.utils.memory import return_freed_tensors_to_the_system
 
-    return_freed_tensors_to_the_system()
+    if args.own_process:  # a process-wide allocator setting: not inside a caller's process
+        return_freed_tensors_to_the_system()
 
     exports = {"huggingface": convert.export_huggingface, "keras-hub": convert.export_keras_hub}
     if args.to in exports and (args.preset or args.tokenizer):
@@ -385,6 +386,7 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: argparse prints them and exits with 2
+    args.own_process = argv is None  # run as the `keras-siglip` program, not called from Python
     if args.command == "embed" and bool(args.images) == bool(args.texts):
         parser.embed_parser.error("give either IMAGE files or --texts (one of the two)")
     if args.command == "export" and "keras" not in sys.modules:

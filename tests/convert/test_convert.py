@@ -122,10 +122,19 @@ def test_mismatch_writes_nothing_and_lists_names(tmp_path, keras_hub_preset):
     assert "transformer/head/bias: checkpoint (7,)" in message
 
 
-def test_cli_convert(tmp_path, keras_hub_preset, capsys):
+def test_cli_convert(tmp_path, keras_hub_preset, capsys, monkeypatch):
+    """Called from Python (argv given) it converts without touching the caller's
+    allocator; run as the program (argv from sys.argv) it returns freed tensors."""
+    from keras_siglip.utils import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "return_freed_tensors_to_the_system", lambda: calls.append(True))
     folder, _ = keras_hub_preset
     destination = str(tmp_path / "cli_out")
     assert cli(["convert", folder, destination]) == 0
+    assert calls == []
+    monkeypatch.setattr("sys.argv", ["keras-siglip", "convert", folder, str(tmp_path / "as_program")])
+    assert cli() == 0 and calls == [True]
     assert "Wrote" in capsys.readouterr().out
     assert convert.detect_format(destination) == "keras_siglip"
     assert cli(["convert", destination, str(tmp_path / "again")]) == 1
