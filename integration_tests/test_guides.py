@@ -20,11 +20,12 @@ GUIDES = sorted(pathlib.Path(__file__).parent.parent.joinpath("guides").glob("*.
 # contrastive_finetune 68 / 78 / 163 s, image_classifier 50 / 45 / 23 s on jax / tf / torch;
 # lit_decoder 68 / 56 s on jax / torch, cappa 82 s, locca 94 s on jax; m4_balancing is numpy, 6 s;
 # fractal_analysis 21 / 12 / 10 s; three_towers ~110 / ~220 s CPU on jax / torch; pali_gemma_finetune
-# ~124 s CPU on jax, > 320 s on torch; lit_decoder with its reader ~120 s on torch; zero_shot_and_retrieval 48 s on jax under load; siglip2_recipe runs in every pass: it asserts learning, stage B and curation).
+# ~124 s CPU on jax, > 320 s on torch; lit_decoder with its reader ~120 s on torch; zero_shot_and_retrieval 48 s on jax under load).
+# siglip2_recipe, m4_balancing and fractal_analysis run in every pass.
 ONE_BACKEND = {
     "lit.py": "jax", "contrastive_finetune.py": "tensorflow", "image_classifier.py": "torch",
-    "lit_decoder.py": "torch", "cappa.py": "jax", "locca.py": "jax", "m4_balancing.py": "tensorflow",
-    "fractal_analysis.py": "torch", "zero_shot_and_retrieval.py": "torch", "three_towers.py": "jax",
+    "lit_decoder.py": "torch", "cappa.py": "jax", "locca.py": "jax",
+    "zero_shot_and_retrieval.py": "torch", "three_towers.py": "jax",
     "pali_gemma_finetune.py": "jax",
 }
 
