@@ -2,10 +2,13 @@
 
     jax         `jax.jit` of `model.stateless_call` (what `predict` compiles)
     tensorflow  `tf.function(jit_compile=True)` (XLA)
-    torch       eager under `torch.no_grad()` (Keras' torch default; `predict` is eager too)
+    torch       `torch.export` of `model.stateless_call`, run as its FX graph under
+                `no_grad` (`keras_siglip.utils.compiled_forward`; Keras' own torch
+                `predict` is eager, with Keras' per-layer Python cost)
 
 `keras_forward(model, inputs)` returns `(run, mode)`: `run()` computes the
-outputs and blocks until they are ready. Import inside a worker only.
+outputs and blocks until they are ready. HF models run eager under `no_grad`,
+as their users run them. Import inside a worker only.
 """
 
 import keras
@@ -64,32 +67,12 @@ def to_backend(structure):
 
 
 def keras_forward(model, inputs):
-    """A compiled (jax, tf) or eager no-grad (torch) forward of a Keras model."""
-    name = backend()
+    """The compiled forward `keras_siglip.utils.compiled_forward` offers, on any Keras model."""
+    from keras_siglip.utils.compiled_forward import compiled_forward
+
+    forward = compiled_forward(model)
     x = to_backend(inputs)
-    if name == "jax":
-        import jax
-
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
-
-        @jax.jit
-        def forward(trainable, non_trainable, x):
-            return model.stateless_call(trainable, non_trainable, x, training=False)[0]
-
-        return (lambda: block(forward(trainable, non_trainable, x))), "jax.jit(stateless_call)"
-    if name == "tensorflow":
-        import tensorflow as tf
-
-        forward = tf.function(lambda x: model(x, training=False), jit_compile=True)
-        return (lambda: block(forward(x))), "tf.function(jit_compile=True)"
-    import torch
-
-    def run():
-        with torch.no_grad():
-            return block(model(x, training=False))
-
-    return run, "torch eager, no_grad"
+    return (lambda: block(forward(x))), (lambda: forward.mode)  # known after the first call
 
 
 def hf_image_forward(hf_model, images):
