@@ -7,8 +7,9 @@
                 `predict` is eager, with Keras' per-layer Python cost)
 
 `keras_forward(model, inputs)` returns `(run, mode)`: `run()` computes the
-outputs and blocks until they are ready. HF models run eager under `no_grad`,
-as their users run them. Import inside a worker only.
+outputs and blocks until they are ready; `mode_name(mode)` is how it ran, known
+once `run` has been called (torch may fall back to eager). HF models run eager
+under `no_grad`, as their users run them. Import inside a worker only.
 """
 
 import keras
@@ -73,6 +74,11 @@ def keras_forward(model, inputs):
     forward = compiled_forward(model)
     x = to_backend(inputs)
     return (lambda: block(forward(x))), (lambda: forward.mode)  # known after the first call
+
+
+def mode_name(mode):
+    """The text of a `(run, mode)` pair's mode, after `run` has been called once."""
+    return mode() if callable(mode) else mode
 
 
 def hf_image_forward(hf_model, images):

@@ -139,8 +139,8 @@ class Context:
         for name, (run, mode) in runs.items():
             compile_s, out = timing.first_call(run)
             value = backends.to_numpy(outputs(out))
-            mode = mode() if callable(mode) else mode
-            entry = {"label": PEER_LABELS.get(name, name), "mode": mode, "first_call_s": compile_s}
+            entry = {"label": PEER_LABELS.get(name, name), "mode": backends.mode_name(mode),
+                     "first_call_s": compile_s}
             if name == "ours":
                 reference = value
             else:

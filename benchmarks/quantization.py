@@ -384,7 +384,7 @@ def speed(args, emit):
             reference = out["hf float32" if is_hf else "float32"]
             row = {"section": "speed", "tower": tower, "config": args.config, "batch": args.batch,
                    "backend": args.backend, "device": backends.device_kind(), "impl": "hf" if is_hf else "ours",
-                   "mode": name.split(" ")[-1], "run": mode_text, "first_call_s": first[name],
+                   "mode": name.split(" ")[-1], "run": backends.mode_name(mode_text), "first_call_s": first[name],
                    **summaries[name], **cosines(reference, out[name]),
                    "weight_bytes": (torch_bytes(getattr(hf_models[name], hf_attribute)) if is_hf
                                     else weight_bytes(getattr(variants[name], attribute).variables))}
