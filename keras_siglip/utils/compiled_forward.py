@@ -16,7 +16,8 @@ bitwise those of the eager model. The variables' current values are passed on
 every call, so weights trained or loaded after the first call are used. One
 compilation per input structure, non-batch shapes and dtypes (any batch size
 reuses it, except on torch for models whose code fixes the batch size, e.g.
-NaFlex: one export per batch size there). Inference only: no gradients flow (torch runs under `no_grad`).
+NaFlex: one export per batch size there). Inference only: no gradients flow
+(torch runs under `no_grad`).
 """
 
 import warnings
@@ -101,31 +102,39 @@ class _TorchForward:
         import torch
 
         inputs = keras.tree.map_structure(keras.ops.convert_to_tensor, inputs)
-        paths_and_leaves = keras.tree.flatten_with_path(inputs)
-        leaves = [leaf for _, leaf in paths_and_leaves]
-        signature = tuple((path, tuple(leaf.shape[1:]), leaf.dtype) for path, leaf in paths_and_leaves)
-        static_key = (signature, int(leaves[0].shape[0]))
-        trainable, non_trainable = _variable_values(self.model)
         with torch.no_grad():
             if self.export_error:
                 return self.model(inputs, training=False)
-            entry = self.graphs.get(signature) or self.graphs.get(static_key)
+            paths_and_leaves = keras.tree.flatten_with_path(inputs)
+            leaves = [leaf for _, leaf in paths_and_leaves]
+            signature = tuple((path, tuple(leaf.shape[1:]), leaf.dtype) for path, leaf in paths_and_leaves)
+            trainable, non_trainable = _variable_values(self.model)
             try:
-                if entry is None and signature not in self.static_batch:
-                    try:
-                        entry = self.graphs[signature] = self._export(inputs, leaves, trainable, non_trainable, True)
-                    except torch._dynamo.exc.UserError:  # the code specialised the batch size
-                        self.static_batch.add(signature)
-                if entry is None:
-                    entry = self.graphs[static_key] = self._export(inputs, leaves, trainable, non_trainable, False)
+                graph, output_structure = self._graph(signature, inputs, leaves, trainable, non_trainable)
             except Exception as error:  # noqa: BLE001  e.g. a branch on a tensor's value
-                self.export_error = f"{type(error).__name__}"
+                # Bad inputs raise here as they would eagerly, and leave the export path on.
+                outputs = self.model(inputs, training=False)
+                self.export_error = type(error).__name__
                 warnings.warn(f"compiled_forward: torch.export cannot trace {self.model.name} "
-                              f"({type(error).__name__}); running it eagerly.", stacklevel=2)
-                return self.model(inputs, training=False)
-            graph, output_structure = entry
+                              f"({self.export_error}); running it eagerly.", stacklevel=2)
+                return outputs
             outputs = graph(trainable, non_trainable, leaves)
         return keras.tree.pack_sequence_as(output_structure, list(outputs))
+
+    def _graph(self, signature, inputs, leaves, trainable, non_trainable):
+        """The cached graph for these inputs, exported on first use."""
+        import torch
+
+        static_key = (signature, int(leaves[0].shape[0]))
+        entry = self.graphs.get(signature) or self.graphs.get(static_key)
+        if entry is None and signature not in self.static_batch:
+            try:
+                entry = self.graphs[signature] = self._export(inputs, leaves, trainable, non_trainable, True)
+            except torch._dynamo.exc.UserError:  # the code specialised the batch size
+                self.static_batch.add(signature)
+        if entry is None:
+            entry = self.graphs[static_key] = self._export(inputs, leaves, trainable, non_trainable, False)
+        return entry
 
     def _export(self, inputs, leaves, trainable, non_trainable, dynamic_batch):
         import torch

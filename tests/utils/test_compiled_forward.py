@@ -60,7 +60,8 @@ def test_uses_the_weights_current_values(backbone):
     before = numpy(forward(x))
     weights = model.get_weights()
     try:
-        model.set_weights([w * 1.5 + 0.01 for w in weights])
+        rng = np.random.default_rng(1)  # new values on the weights' own scale
+        model.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in weights])
         after = forward(x)
         assert np.max(np.abs(numpy(after) - before)) > 1e-2
         assert_same(after, model(x, training=False))
@@ -79,3 +80,11 @@ def test_keeps_the_casts_that_convert():
     expected = x.astype("float32") * np.float32(0.1)
     np.testing.assert_array_equal(numpy(outputs["float"]), expected)
     np.testing.assert_array_equal(numpy(outputs["rounded"]), expected.astype("float16").astype("float32"))
+
+
+def test_a_bad_input_raises_and_keeps_the_compiled_path(backbone):
+    forward = compiled_forward(backbone.vision_encoder)
+    with pytest.raises(ValueError):
+        forward(np.zeros((2, 32, 32, 4), "float32"))  # 4 channels
+    assert_same(forward(inputs(2)["images"]), backbone.vision_encoder(inputs(2)["images"], training=False))
+    assert "eager" not in forward.mode
