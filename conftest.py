@@ -3,6 +3,11 @@
 import os
 import tempfile
 
+import pytest
+
+# Shared test helpers assert too: pytest rewrites them as it does test modules.
+pytest.register_assert_rewrite("tests.helpers")
+
 # Under pytest-xdist every worker gets an equal share of the cores. Thread pools
 # sized for the whole machine (torch's OpenMP, TensorFlow's, XLA's Eigen pool) in
 # each of several workers fight over the same cores and slow every test down; the

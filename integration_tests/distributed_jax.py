@@ -6,7 +6,6 @@ before JAX starts); prints one JSON object with the measured differences.
 
 import json
 import os
-import sys
 
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
@@ -15,12 +14,10 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from conftest import tiny_backbone  # noqa: E402
-
 from keras_siglip.losses import SigmoidLoss, ring_sigmoid_loss, sigmoid_loss_from_embeddings  # noqa: E402
 from keras_siglip.losses import distributed  # noqa: E402
 from keras_siglip.models.siglip import siglip_backbone  # noqa: E402
+from tests.helpers import tiny_backbone  # noqa: E402
 
 DEVICES = keras.distribution.list_devices()
 BATCH, STEPS = 16, 3

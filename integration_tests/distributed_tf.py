@@ -5,7 +5,6 @@ Run by test_distribution.py in a subprocess; prints one JSON object.
 
 import json
 import os
-import sys
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
@@ -18,10 +17,8 @@ tf.config.set_logical_device_configuration(
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from conftest import tiny_backbone  # noqa: E402
-
 from keras_siglip.losses import SigmoidLoss  # noqa: E402
+from tests.helpers import tiny_backbone  # noqa: E402
 
 BATCH, STEPS = 8, 3
 

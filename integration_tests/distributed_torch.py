@@ -8,7 +8,6 @@ global loss. Run by test_distribution.py in a subprocess; prints one JSON object
 
 import json
 import os
-import sys
 import tempfile
 
 os.environ["KERAS_BACKEND"] = "torch"
@@ -40,8 +39,7 @@ def loss_and_grads(model, x, chunk_size=None, cross_device=True):
 
 
 def worker(rank, init_file, out_file):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from conftest import tiny_backbone
+    from tests.helpers import tiny_backbone
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     model = tiny_backbone(seed=0)

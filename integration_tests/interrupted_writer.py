@@ -33,18 +33,16 @@ import sys
 import time
 import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from keras_siglip.callbacks import BackupAndRestore  # noqa: E402
-from keras_siglip.convert import convert, write_huggingface  # noqa: E402
-from keras_siglip.models import (  # noqa: E402
+from keras_siglip.callbacks import BackupAndRestore
+from keras_siglip.convert import convert, write_huggingface
+from keras_siglip.models import (
     SigLIPImageConverter, SigLIPPreprocessor, SigLIPTokenizer, SigLIPZeroShotClassifier,
 )
-from keras_siglip.utils import atomic  # noqa: E402
-from tests.conftest import tiny_backbone, train_sentencepiece  # noqa: E402
+from keras_siglip.utils import atomic
+from tests.helpers import tiny_backbone, train_sentencepiece
 
 OTHER_TEXTS = ["write one two three", "four five six seven eight", "nine ten eleven twelve"]
 PROTOS = [train_sentencepiece("t5"), SigLIPTokenizer.from_texts(OTHER_TEXTS, 60, pad_token="</s>").proto]

@@ -8,7 +8,6 @@ JSON object with the largest differences in logged losses and final weights.
 
 import json
 import os
-import sys
 
 os.environ["KERAS_BACKEND"] = "jax"
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
@@ -16,10 +15,8 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from tests.models.siglip2.test_siglip2_pretrainer import make_inputs, make_pretrainer  # noqa: E402
-
 from keras_siglip.models.siglip2 import siglip2_pretrainer  # noqa: E402
+from tests.tiny_pretrainer import make_inputs, make_pretrainer  # noqa: E402
 
 DEVICES = keras.distribution.list_devices()
 BATCH, STEPS = 8, 6

@@ -45,12 +45,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from jax._src import array as jax_array  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from tests.models.siglip2.test_siglip2_pretrainer import make_inputs, make_pretrainer  # noqa: E402
-
 from keras_siglip.callbacks import BackupAndRestore, ShardedBackupAndRestore, load_sharded_state  # noqa: E402
 from keras_siglip.models import SigLIPBackbone  # noqa: E402
 from keras_siglip.models.siglip2.siglip2_pretrainer import TERMS  # noqa: E402
+from tests.tiny_pretrainer import make_inputs, make_pretrainer  # noqa: E402
 
 DEVICES = keras.distribution.list_devices()
 BATCH, STEPS, EPOCHS = 8, 2, 2

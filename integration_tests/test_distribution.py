@@ -11,6 +11,8 @@ import sys
 import keras
 import pytest
 
+from tests.helpers import pythonpath
+
 HERE = pathlib.Path(__file__).parent
 BACKEND = keras.backend.backend()
 pytestmark = pytest.mark.slow
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.slow
 def run_script(name):
     run = subprocess.run(
         [sys.executable, str(HERE / name)], capture_output=True, text=True, timeout=900,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": pythonpath()},
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from keras_siglip.models import SigLIPBackbone, SigLIPPreprocessor, SigLIPZeroShotClassifier
-from tests.conftest import tiny_backbone
+from tests.helpers import pythonpath, tiny_backbone
 
 pytestmark = pytest.mark.slow
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,7 +42,7 @@ class Writers:
         self.process = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "interrupted_writer.py")],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errors, text=True,
-            env={**os.environ, "KERAS_BACKEND": "numpy", "TF_CPP_MIN_LOG_LEVEL": "3"},
+            env={**os.environ, "KERAS_BACKEND": "numpy", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": pythonpath()},
         )
         self._protos = None
 

@@ -13,6 +13,8 @@ import sys
 import keras
 import pytest
 
+from tests.helpers import pythonpath
+
 pytest.importorskip("orbax.checkpoint")
 
 HERE = pathlib.Path(__file__).parent
@@ -26,7 +28,7 @@ def results():
         pytest.skip("keras.distribution meshes run on JAX")
     run = subprocess.run(
         [sys.executable, str(HERE / "siglip2_sharded_checkpoint.py")], capture_output=True, text=True,
-        timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": pythonpath()},
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])

@@ -10,21 +10,17 @@ import sys
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_siglip import cli
 from keras_siglip.export import ExportedTowers, export, export_preset
 from keras_siglip.models import SigLIPBackbone, SigLIPTextEncoder, SigLIPVisionEncoder
+from tests.helpers import numpy
 
 PRESET = "siglip2_shapes_tiny"
 FORMATS = ("saved_model", "litert", "onnx")
 ATOL = 1e-5
 on_tensorflow = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                    reason="exports run on TensorFlow; other backends test the subprocess path")
-
-
-def numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def fixed_inputs(backbone, batch, seed=0):

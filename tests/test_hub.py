@@ -27,9 +27,9 @@ from keras_siglip.convert.huggingface import read_huggingface  # noqa: E402
 from keras_siglip.models import SigLIPBackbone  # noqa: E402
 from keras_siglip.models.pali_gemma import PaliGemmaBackbone, PaliGemmaCausalLM  # noqa: E402
 from keras_siglip.presets import PUBLISHED_PRESETS, pali_gemma_presets  # noqa: E402
-from tests.convert.test_huggingface import assert_outputs_match, hf_model  # noqa: E402
+from tests import pali_gemma_reference as pg  # noqa: E402
+from tests.hf_siglip_cases import assert_outputs_match, hf_model  # noqa: E402
 from tests.hub_server import LoopbackHub  # noqa: E402
-from tests.models.pali_gemma import test_pali_gemma as pg  # noqa: E402
 
 ATOL = 1e-5
 # PaliGemma 2 with a window longer than the sequence: the converter's default (no
@@ -47,8 +47,8 @@ def checkpoints(tmp_path_factory):
         folder = str(tmp_path_factory.mktemp("naflex" if naflex else "siglip"))
         model.save_pretrained(folder, safe_serialization=True)
         out["naflex" if naflex else "siglip"] = (model, folder)
-    out["paligemma"] = pg._saved(tmp_path_factory, "paligemma", pg.GEMMA_1, seed=0)
-    out["paligemma2"] = pg._saved(tmp_path_factory, "paligemma2", GEMMA_2, seed=1)
+    out["paligemma"] = pg.saved_hf_pali_gemma(tmp_path_factory, "paligemma", pg.GEMMA_1, seed=0)
+    out["paligemma2"] = pg.saved_hf_pali_gemma(tmp_path_factory, "paligemma2", GEMMA_2, seed=1)
     return out
 
 

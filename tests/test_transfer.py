@@ -7,16 +7,7 @@ from keras import ops
 
 from keras_siglip import transfer
 from keras_siglip.models import SigLIPImageClassifier
-from tests.conftest import tiny_backbone
-
-
-def weights_by_path(model):
-    return {v.path: ops.convert_to_numpy(v).copy() for v in model.weights}
-
-
-def changed(before, model):
-    after = weights_by_path(model)
-    return {path for path, value in before.items() if not np.array_equal(value, after[path])}
+from tests.helpers import changed, tiny_backbone, weights_by_path
 
 
 def paths(variables):

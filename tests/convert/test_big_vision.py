@@ -16,7 +16,6 @@ text embeddings / logits): jax 2.2e-7 / 3.9e-7 / 1.9e-6, tensorflow 2.4e-7 /
 import copy
 import pathlib
 import re
-import sys
 
 import keras
 import ml_dtypes
@@ -26,12 +25,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from hf_reference import build_hf_siglip, keras_config_from_hf  # noqa: E402
-
 from keras_siglip.convert.big_vision import read_big_vision, write_big_vision  # noqa: E402
 from keras_siglip.convert.common import CheckpointMismatch, build_backbone, load_into  # noqa: E402
 from keras_siglip.presets import PUBLISHED_PRESETS  # noqa: E402
+from tests.hf_reference import build_hf_siglip, keras_config_from_hf  # noqa: E402
 
 ATOL = 1e-5
 EOS_ID = 1

@@ -13,12 +13,7 @@ from keras import ops
 from keras_siglip import convert
 from keras_siglip.cli import main as cli
 from keras_siglip.models import SigLIPBackbone, SigLIPPreprocessor
-
-
-def perturb(model, rng):
-    for v in model.weights:
-        if "float" in str(v.dtype):
-            v.assign(rng.normal(scale=0.1, size=v.shape).astype("float32") + ops.convert_to_numpy(v))
+from tests.helpers import perturb
 
 
 @pytest.fixture

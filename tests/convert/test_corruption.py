@@ -32,7 +32,7 @@ from keras_siglip import convert
 from keras_siglip.convert import CorruptCheckpoint, NonFiniteWeights
 from keras_siglip.models import SigLIPBackbone, SigLIPImageConverter, SigLIPPreprocessor, SigLIPTokenizer
 from keras_siglip.utils.checksums import record_checksums
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 
 SOURCES = ("npz", "safetensors", "sharded", "preset")
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")

@@ -24,9 +24,7 @@ import keras
 import keras_hub
 import numpy as np
 import pytest
-from keras import ops
 
-from integration_tests.test_cli import assert_one_line_error, run_cli
 from keras_siglip import convert
 from keras_siglip.convert.keras_hub import keras_hub_config
 from keras_siglip.convert.keras_hub_pali_gemma import (
@@ -39,18 +37,14 @@ from keras_siglip.models import (
 from keras_siglip.models.pali_gemma import (
     PaliGemmaCausalLMPreprocessor, PaliGemmaImageConverter, PaliGemmaTokenizer,
 )
-from tests.conftest import tiny_backbone, train_sentencepiece
-from tests.convert.test_keras_hub import perturb
-from tests.convert.test_keras_hub_pali_gemma import BASE, CONFIGS, IMAGE, inputs, keras_hub_logits
-from tests.convert.test_keras_hub_pali_gemma import perturb as perturb_pali_gemma
+from tests.helpers import (
+    assert_one_line_error, numpy, perturb, perturb_pali_gemma, run_cli, tiny_backbone, train_sentencepiece,
+)
+from tests.keras_hub_pali_gemma_reference import BASE, CONFIGS, IMAGE, inputs, keras_hub_logits
 
 ATOL = 1e-5
 # Capitals, punctuation and an empty text; no "_" (keras-hub drops it, ours makes it a space).
 TEXTS = ["a photo of a Red circle!", "two blue squares, at the BOTTOM", ""]
-
-
-def numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 # === SigLIP ===

@@ -35,21 +35,18 @@ from keras_siglip.convert.pali_gemma import (  # noqa: E402
 from keras_siglip.models.pali_gemma import (  # noqa: E402
     PaliGemmaBackbone, PaliGemmaCausalLM, PaliGemmaCausalLMPreprocessor, PaliGemmaImageConverter, PaliGemmaTokenizer,
 )
-from tests.models.pali_gemma import test_pali_gemma as reference  # noqa: E402
-from tests.models.pali_gemma.test_pali_gemma import (  # noqa: E402
-    GEMMA_1, GEMMA_2, NUM_IMAGE_TOKENS, build_hf_pali_gemma, keras_logits, make_inputs, max_real_difference,
+from tests import pali_gemma_reference as reference  # noqa: E402
+from tests.helpers import numpy  # noqa: E402
+from tests.pali_gemma_reference import (  # noqa: E402
+    GEMMA_1, GEMMA_2, NUM_IMAGE_TOKENS, TEXTS, build_hf_pali_gemma, keras_logits, make_inputs, max_real_difference,
+    random_images, random_prompts,
 )
-from tests.models.pali_gemma.test_pali_gemma_causal_lm import TEXTS, random_images, random_prompts  # noqa: E402
 
 ATOL = 1e-5
 EOS, PAD = 1, 0
 NEW_TOKENS = 10
 # name: (HF text config, our sliding window when converting it)
 MODELS = {"gemma1": (GEMMA_1, None), "gemma2_window": (GEMMA_2, "config"), "gemma2_global": (GEMMA_2, None)}
-
-
-def numpy(x):
-    return np.asarray(keras.ops.convert_to_numpy(x))
 
 
 def load_in_transformers(folder):

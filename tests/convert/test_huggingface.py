@@ -16,8 +16,6 @@ where torch's antialiased resize is wrong on CPU (reference/peers.md 7.1).
 
 import json
 import os
-import pathlib
-import sys
 
 import keras
 import numpy as np
@@ -34,60 +32,8 @@ from keras_siglip.convert.huggingface import read_huggingface, write_huggingface
 from keras_siglip.models import (  # noqa: E402
     SigLIPBackbone, SigLIPTextEncoder, SigLIPTokenizer, SigLIPVisionEncoder,
 )
-from tests.conftest import tiny_backbone  # noqa: E402
-from tests.models.siglip.test_naflex import naflex_batch  # noqa: E402
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from hf_reference import build_hf_siglip  # noqa: E402
-
-ATOL = 1e-5
-VISION = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, patch_size=4)
-TEXT = dict(vocab_size=60, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=3,
-            max_position_embeddings=6, projection_size=32)
-GRIDS = [(4, 4), (3, 5), (2, 7), (1, 9)]
-PATCHES = 20
-
-
-def hf_model(naflex, seed=0):
-    """A tiny random HF `SiglipModel` (16 px, 4x4 patches) or NaFlex `Siglip2Model`."""
-    vision = dict(VISION, num_patches=16) if naflex else dict(VISION, image_size=16)
-    return build_hf_siglip(vision, TEXT, seed=seed, naflex=naflex)
-
-
-def make_inputs(naflex, vocab=60, length=6, patch_dim=48, seed=1):
-    """Images (B, 16, 16, 3) or NaFlex patches of `GRIDS`, and token ids (B, L) ending in EOS."""
-    rng = np.random.default_rng(seed)
-    token_ids = rng.integers(2, vocab, (len(GRIDS), length)).astype("int32")
-    token_ids[:, -1] = 1
-    if naflex:
-        return naflex_batch(GRIDS, PATCHES, patch_dim, seed=seed), token_ids
-    return {"images": rng.uniform(-1, 1, (len(GRIDS), 16, 16, 3)).astype("float32")}, token_ids
-
-
-def hf_outputs(model, x, token_ids):
-    kwargs = {"input_ids": torch.from_numpy(token_ids).long()}
-    if "images" in x:
-        kwargs["pixel_values"] = torch.from_numpy(x["images"]).permute(0, 3, 1, 2)
-    else:
-        kwargs.update(
-            pixel_values=torch.from_numpy(x["patches"]),
-            pixel_attention_mask=torch.from_numpy(x["patch_mask"]),
-            spatial_shapes=torch.tensor(GRIDS),
-        )
-    with torch.no_grad():
-        out = model(**kwargs)
-    return {"image_embeddings": out.image_embeds, "text_embeddings": out.text_embeds,
-            "logits": out.logits_per_image}
-
-
-def assert_outputs_match(backbone, model, naflex, **input_kwargs):
-    x, token_ids = make_inputs(naflex, **input_kwargs)
-    ours = backbone.predict({**x, "token_ids": token_ids}, verbose=0)
-    theirs = hf_outputs(model, x, token_ids)
-    for key, value in theirs.items():
-        value = value.float().numpy()
-        print(f"max |ours - HF| {key}: {np.max(np.abs(ours[key] - value)):.2e}")
-        np.testing.assert_allclose(ours[key], value, atol=ATOL, err_msg=key)
+from tests.helpers import perturb_siglip_backbone, tiny_backbone  # noqa: E402
+from tests.hf_siglip_cases import ATOL, assert_outputs_match, hf_model  # noqa: E402
 
 
 def read_and_load(folder):
@@ -169,17 +115,6 @@ def test_hf_to_ours_to_hf_is_bit_exact(tmp_path, naflex):
     assert read_huggingface(target).config == checkpoint.config
 
 
-def perturb(backbone, seed=0):
-    """Shift every weight by noise, so no bias is zero and no LayerNorm scale one."""
-    rng = np.random.default_rng(seed)
-    for variable in backbone.weights:
-        noise = rng.normal(scale=0.1, size=variable.shape).astype("float32")
-        variable.assign(ops.convert_to_numpy(variable) + noise)
-    backbone.contrastive_head.log_temperature.assign(np.log([10.0]).astype("float32"))
-    backbone.contrastive_head.bias.assign(np.array([-10.0], "float32"))
-    return backbone
-
-
 def load_in_transformers(folder):
     model, info = transformers.AutoModel.from_pretrained(folder, output_loading_info=True)
     assert not any(info.values()), info  # nothing missing, unexpected or mismatched
@@ -187,7 +122,7 @@ def load_in_transformers(folder):
 
 
 def test_write_fixed_resolution_loads_in_transformers(tmp_path, t5_proto):
-    backbone = perturb(tiny_backbone(image_size=16))  # 8 px patches, text width 24 -> head 32
+    backbone = perturb_siglip_backbone(tiny_backbone(image_size=16))  # 8 px patches, text width 24 -> head 32
     folder = str(tmp_path / "export")
     write_huggingface(backbone, folder, tokenizer=SigLIPTokenizer(proto=t5_proto))
     model = load_in_transformers(folder)
@@ -203,7 +138,7 @@ def test_write_fixed_resolution_loads_in_transformers(tmp_path, t5_proto):
 
 def test_write_naflex_headless_text_loads_in_transformers(tmp_path, gemma_proto):
     keras.utils.set_random_seed(0)
-    backbone = perturb(SigLIPBackbone(
+    backbone = perturb_siglip_backbone(SigLIPBackbone(
         SigLIPVisionEncoder(4, 32, 2, 4, 48, image_size=16, input_format="naflex"),
         SigLIPTextEncoder(60, 32, 2, 2, 64, sequence_length=6),  # no head: width = embedding width
     ))

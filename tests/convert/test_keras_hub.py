@@ -8,13 +8,7 @@ from keras import ops
 
 from keras_siglip.convert import assign_weights, keras_hub_weights
 from keras_siglip.models import SigLIPBackbone, SigLIPTextEncoder, SigLIPVisionEncoder
-
-
-def perturb(model, rng):
-    """Randomise every float weight so a dropped or swapped parameter shows."""
-    for v in model.weights:
-        if "float" in str(v.dtype):
-            v.assign(rng.normal(scale=0.1, size=v.shape).astype("float32") + ops.convert_to_numpy(v))
+from tests.helpers import perturb
 
 
 @pytest.fixture

@@ -14,36 +14,8 @@ from keras_siglip.convert.keras_hub_pali_gemma import (
     config_from_keras_hub, is_keras_hub_pali_gemma, load_keras_hub_pali_gemma, read_keras_hub_pali_gemma,
 )
 from keras_siglip.models import PaliGemmaCausalLM
-
-VOCAB, IMAGE, PATCH = 64, 16, 8  # 4 image tokens
-EOS = 1
-BASE = dict(
-    vocabulary_size=VOCAB, image_size=IMAGE, num_layers=2, num_query_heads=4, num_key_value_heads=2,
-    hidden_dim=32, intermediate_dim=48, head_dim=6, vit_patch_size=PATCH, vit_num_heads=2,
-    vit_hidden_dim=16, vit_num_layers=2, vit_intermediate_dim=24,
-)
-CONFIGS = {
-    "gemma1": {},  # head_dim 6 != hidden_dim / heads = 8: the query scale shows
-    # Small caps so that they matter; a window of 9 cuts the 16-token sequences
-    # (4 image + 12 text) but holds image + prompt (8), where keras-hub and ours agree.
-    "gemma2": dict(
-        query_head_dim_normalize=False, use_post_ffw_norm=True, use_post_attention_norm=True,
-        attention_logit_soft_cap=2.0, final_logit_soft_cap=3.0, use_sliding_window_attention=True,
-        sliding_window_size=9,
-    ),
-}
-
-
-def perturb(model, rng):
-    """Noise on every weight: zero biases and unit / zero norm scales become distinct,
-    so a dropped or swapped parameter changes the outputs."""
-    for v in model.weights:
-        if "float" in str(v.dtype):
-            v.assign(ops.convert_to_numpy(v) + rng.normal(scale=0.2, size=v.shape).astype("float32"))
-    # EOS can never win the argmax (logit 0 among random ones): generation runs its full length.
-    table = ops.convert_to_numpy(model.token_embedding.embeddings).copy()
-    table[EOS] = 0.0
-    model.token_embedding.embeddings.assign(table)
+from tests.helpers import perturb_pali_gemma
+from tests.keras_hub_pali_gemma_reference import BASE, CONFIGS, IMAGE, VOCAB, inputs, keras_hub_logits
 
 
 def honour_query_flag(backbone):
@@ -58,7 +30,7 @@ def honour_query_flag(backbone):
 def make_keras_hub(name, seed=1):
     keras.utils.set_random_seed(0)
     theirs = keras_hub.models.PaliGemmaBackbone(**BASE, **CONFIGS[name])
-    perturb(theirs, np.random.default_rng(seed))
+    perturb_pali_gemma(theirs, np.random.default_rng(seed))
     return theirs
 
 
@@ -68,24 +40,6 @@ def pair(request):
     ours = load_keras_hub_pali_gemma(theirs)
     honour_query_flag(theirs)
     return request.param, theirs, ours
-
-
-def inputs(rng, length=12):
-    """Two rows: prefix 4, suffix 6, 2 pads; prefix 3, suffix 9."""
-    token_ids = rng.integers(2, VOCAB, (2, length)).astype("int32")
-    padding = np.ones((2, length), "int32")
-    padding[0, 10:] = 0
-    token_ids[0, 10:] = 0
-    response = np.zeros((2, length), "int32")
-    response[0, 4:10] = 1
-    response[1, 3:] = 1
-    return {"images": rng.uniform(-1, 1, (2, IMAGE, IMAGE, 3)).astype("float32"), "token_ids": token_ids,
-            "padding_mask": padding, "response_mask": response}
-
-
-def keras_hub_logits(backbone, x):
-    hidden = backbone(x)
-    return ops.convert_to_numpy(backbone.token_embedding(hidden, reverse=True))[:, backbone.image_sequence_length:]
 
 
 def test_config_mapping(pair):

@@ -30,10 +30,10 @@ from keras_siglip.convert.pali_gemma import (  # noqa: E402
     write_pali_gemma_big_vision,
 )
 
-from tests.models.pali_gemma.test_pali_gemma import (  # noqa: E402  the same tiny HF models' layout
-    IMAGE_SIZE, IMAGE_TOKEN, NUM_IMAGE_TOKENS, PATCH, TEXT_LENGTH, VOCAB, hf_text_logits, make_inputs,
+from tests.pali_gemma_reference import (  # noqa: E402  the same tiny HF models' layout
+    IMAGE_SIZE, TEXT_LENGTH, VOCAB, hf_text_logits, make_inputs,
 )
-from tests.models.pali_gemma.test_pali_gemma import build_hf_pali_gemma as build_hf  # noqa: E402
+from tests.pali_gemma_reference import build_hf_pali_gemma as build_hf  # noqa: E402
 
 ATOL = 1e-5
 

@@ -9,6 +9,7 @@ from keras import ops
 
 from keras_siglip.layers import DecoderBlock, TextDecoder
 from keras_siglip.layers.decoder import causal_mask, shift_right
+from tests.helpers import float64
 
 VOCAB, WIDTH, HEADS, MLP, LENGTH, ENC_WIDTH, ENC_TOKENS = 13, 16, 2, 24, 8, 12, 5
 
@@ -39,36 +40,32 @@ def randomize(layer, rng):
         weight.assign(value.astype("float32"))
 
 
-def numpy(x):
-    return ops.convert_to_numpy(x).astype("float64")
-
-
 # ---- numpy reference (big_vision CapPa EncoderDecoderBlock), float64 ----
 
 def np_layer_norm(x, norm):
     mean = x.mean(-1, keepdims=True)
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    y = (x - mean) / np.sqrt(var + 1e-6) * numpy(norm.gamma)
-    return y + numpy(norm.beta) if norm.beta is not None else y
+    y = (x - mean) / np.sqrt(var + 1e-6) * float64(norm.gamma)
+    return y + float64(norm.beta) if norm.beta is not None else y
 
 
 def np_attention(x, source, attention, mask):
     """Flax MultiHeadDotProductAttention without biases; kernels (E, H, D) and (H, D, E)."""
-    q = np.einsum("bte,ehd->bthd", x, numpy(attention._query_dense.kernel))
-    k = np.einsum("bse,ehd->bshd", source, numpy(attention._key_dense.kernel))
-    v = np.einsum("bse,ehd->bshd", source, numpy(attention._value_dense.kernel))
+    q = np.einsum("bte,ehd->bthd", x, float64(attention._query_dense.kernel))
+    k = np.einsum("bse,ehd->bshd", source, float64(attention._key_dense.kernel))
+    v = np.einsum("bse,ehd->bshd", source, float64(attention._value_dense.kernel))
     logits = np.einsum("bthd,bshd->bhts", q / np.sqrt(q.shape[-1]), k)
     if mask is not None:
         logits = np.where(mask[:, None], logits, -1e30)
     weights = np.exp(logits - logits.max(-1, keepdims=True))
     weights /= weights.sum(-1, keepdims=True)
     out = np.einsum("bhts,bshd->bthd", weights, v)
-    return np.einsum("bthd,hde->bte", out, numpy(attention._output_dense.kernel))
+    return np.einsum("bthd,hde->bte", out, float64(attention._output_dense.kernel))
 
 
 def np_dense(x, dense):
-    y = x @ numpy(dense.kernel)
-    return y + numpy(dense.bias) if dense.bias is not None else y
+    y = x @ float64(dense.kernel)
+    return y + float64(dense.bias) if dense.bias is not None else y
 
 
 def np_gelu(x):
@@ -89,7 +86,7 @@ def np_decoder(decoder, targets, encoded, parallel):
     shifted = np.concatenate([np.zeros((batch, 1), targets.dtype), targets[:, :-1]], axis=1)
     inputs = np.where(parallel[:, None], VOCAB, shifted)
     mask = np.tril(np.ones((length, length), bool))[None] | parallel[:, None, None]
-    x = numpy(decoder.token_embedding.embeddings)[inputs] + numpy(decoder.position_embedding)[:, :length]
+    x = float64(decoder.token_embedding.embeddings)[inputs] + float64(decoder.position_embedding)[:, :length]
     for block in decoder.blocks:
         x = np_block(x, encoded, mask, block)
     return np_dense(np_layer_norm(x, decoder.final_norm), decoder.logits_dense)
@@ -110,7 +107,7 @@ def test_block_matches_numpy_reference(rng, use_bias):
     causal = np.broadcast_to(np.tril(np.ones((6, 6), bool)), (3, 6, 6))
     mixed = causal | np.array([True, False, True])[:, None, None]
     for mask in (causal, mixed):
-        got = numpy(block(x, encoded, attention_mask=mask))
+        got = float64(block(x, encoded, attention_mask=mask))
         expected = np_block(x.astype("float64"), encoded.astype("float64"), mask, block)
         assert np.abs(got - expected).max() < 1e-5, np.abs(got - expected).max()
 
@@ -124,7 +121,7 @@ def test_decoder_matches_numpy_reference(rng, use_bias):
     targets = rng.integers(1, VOCAB, (3, 7)).astype("int32")
     encoded = rng.normal(size=(3, ENC_TOKENS, ENC_WIDTH)).astype("float32")
     parallel = np.array([False, True, False])
-    got = numpy(decoder(targets, encoded, parallel=parallel))
+    got = float64(decoder(targets, encoded, parallel=parallel))
     expected = np_decoder(decoder, targets, encoded.astype("float64"), parallel)
     assert np.abs(got - expected).max() < 1e-5, np.abs(got - expected).max()
 
@@ -140,7 +137,7 @@ def greedy_without_cache(decoder, encoded, steps):
     tokens = np.zeros((batch, steps), "int32")
     all_logits = []
     for t in range(steps):
-        logits = numpy(decoder(tokens, encoded))[:, t]
+        logits = float64(decoder(tokens, encoded))[:, t]
         all_logits.append(logits)
         tokens[:, t] = logits.argmax(-1)
     return tokens, np.stack(all_logits, 1)
@@ -191,7 +188,7 @@ def test_cached_greedy_decoding_equals_recomputing_the_prefix(rng, jit):
     for t in range(steps):
         index = ops.convert_to_tensor(t, "int32") if jit else t
         step_logits, cache = step(previous, cache, index, cross)
-        step_logits = numpy(step_logits)[:, 0]
+        step_logits = float64(step_logits)[:, 0]
         logits.append(step_logits)
         previous = step_logits.argmax(-1)[:, None].astype("int32")
         tokens.append(previous[:, 0])
@@ -207,15 +204,15 @@ def test_prompt_prefill_then_steps_equals_full_forward(rng):
     randomize(decoder, rng)
     targets = rng.integers(1, VOCAB, (2, 6)).astype("int32")
     encoded = rng.normal(size=(2, ENC_TOKENS, ENC_WIDTH)).astype("float32")
-    expected = numpy(decoder(targets, encoded))
-    inputs = numpy(shift_right(ops.convert_to_tensor(targets))).astype("int32")
+    expected = float64(decoder(targets, encoded))
+    inputs = float64(shift_right(ops.convert_to_tensor(targets))).astype("int32")
     cache, cross = decoder.initial_cache(2), decoder.cross_attention_cache(encoded)
     logits, hidden, cache = decoder.call_with_cache(inputs[:, :3], cache, 0, cross)
     assert tuple(hidden.shape) == (2, 3, WIDTH)
-    got = [numpy(logits)]
+    got = [float64(logits)]
     for t in range(3, 6):
         logits, _, cache = decoder.call_with_cache(inputs[:, t : t + 1], cache, t, cross)
-        got.append(numpy(logits))
+        got.append(float64(logits))
     difference = np.abs(np.concatenate(got, 1) - expected).max()
     assert difference < 1e-5, difference
 
@@ -227,11 +224,11 @@ def test_causal_logits_ignore_later_tokens(rng):
     randomize(decoder, rng)
     encoded = rng.normal(size=(2, ENC_TOKENS, ENC_WIDTH)).astype("float32")
     targets = rng.integers(1, VOCAB, (2, LENGTH)).astype("int32")
-    base = numpy(decoder(targets, encoded))
+    base = float64(decoder(targets, encoded))
     for t in (0, 3, 6):
         perturbed = targets.copy()
         perturbed[:, t:] = (perturbed[:, t:] + 1 + rng.integers(0, VOCAB - 1, perturbed[:, t:].shape)) % VOCAB
-        got = numpy(decoder(perturbed, encoded))
+        got = float64(decoder(perturbed, encoded))
         np.testing.assert_allclose(got[:, : t + 1], base[:, : t + 1], atol=1e-6)
         assert np.abs(got[:, t + 1 :] - base[:, t + 1 :]).max() > 1e-3
 
@@ -265,12 +262,12 @@ def test_parallel_rows_equal_single_mode_calls_and_ignore_targets(rng):
     randomize(decoder, rng)
     targets = rng.integers(1, VOCAB, (3, 6)).astype("int32")
     encoded = rng.normal(size=(3, ENC_TOKENS, ENC_WIDTH)).astype("float32")
-    mixed = numpy(decoder(targets, encoded, parallel=np.array([True, False, True])))
-    parallel = numpy(decoder(targets, encoded, parallel=True))
-    causal = numpy(decoder(targets, encoded))
+    mixed = float64(decoder(targets, encoded, parallel=np.array([True, False, True])))
+    parallel = float64(decoder(targets, encoded, parallel=True))
+    causal = float64(decoder(targets, encoded))
     np.testing.assert_allclose(mixed[[0, 2]], parallel[[0, 2]], atol=1e-6)
     np.testing.assert_allclose(mixed[1], causal[1], atol=1e-6)
-    other = numpy(decoder(rng.integers(1, VOCAB, (3, 6)).astype("int32"), encoded, parallel=True))
+    other = float64(decoder(rng.integers(1, VOCAB, (3, 6)).astype("int32"), encoded, parallel=True))
     np.testing.assert_allclose(other, parallel, atol=1e-6)
     assert np.abs(parallel - causal).max() > 1e-3
 
@@ -282,17 +279,17 @@ def test_initialisation_matches_big_vision():
     keras.utils.set_random_seed(1)
     decoder = TextDecoder(500, 64, 1, 4, 128, max_length=64, masked_pred=True, encoder_width=32)
     decoder.build()
-    assert not np.any(numpy(decoder.logits_dense.kernel)) and not np.any(numpy(decoder.logits_dense.bias))
-    logits = numpy(decoder(np.ones((2, 5), "int32"), np.ones((2, 3, 32), "float32")))
+    assert not np.any(float64(decoder.logits_dense.kernel)) and not np.any(float64(decoder.logits_dense.bias))
+    logits = float64(decoder(np.ones((2, 5), "int32"), np.ones((2, 3, 32), "float32")))
     assert logits.shape == (2, 5, 500) and not np.any(logits)
-    np.testing.assert_allclose(numpy(decoder.token_embedding.embeddings).std(), 1.0, rtol=0.03)
-    np.testing.assert_allclose(numpy(decoder.position_embedding).std(), 1 / 8, rtol=0.05)
+    np.testing.assert_allclose(float64(decoder.token_embedding.embeddings).std(), 1.0, rtol=0.03)
+    np.testing.assert_allclose(float64(decoder.position_embedding).std(), 1 / 8, rtol=0.05)
     block = decoder.blocks[0]
     for dense, fan_in in [
         (block.self_attention._query_dense, 64), (block.self_attention._output_dense, 64),
         (block.cross_attention._key_dense, 32), (block.cross_attention._output_dense, 64),
     ]:
-        std = numpy(dense.kernel).std()
+        std = float64(dense.kernel).std()
         np.testing.assert_allclose(std, 1 / math.sqrt(fan_in), rtol=0.06, err_msg=dense.name)
     keras.utils.set_random_seed(1)
     assert TextDecoder(500, 64, 1, 4, 128, masked_pred=False).token_embedding.input_dim == 500
@@ -329,7 +326,7 @@ def test_config_round_trip(rng):
     clone.set_weights(decoder.get_weights())
     targets = rng.integers(1, VOCAB, (2, 5)).astype("int32")
     encoded = rng.normal(size=(2, ENC_TOKENS, ENC_WIDTH)).astype("float32")
-    np.testing.assert_array_equal(numpy(clone(targets, encoded)), numpy(decoder(targets, encoded)))
+    np.testing.assert_array_equal(float64(clone(targets, encoded)), float64(decoder(targets, encoded)))
 
 
 def test_dropout_acts_in_training_only():

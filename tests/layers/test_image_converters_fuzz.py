@@ -2,7 +2,6 @@
 is a clear ValueError when called eagerly; valid input gives a finite, correctly
 shaped result. Fuzzed over dtypes, sizes, channel counts and value ranges."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +10,7 @@ from hypothesis import strategies as st
 
 from keras_siglip.layers import NaFlexImageConverter
 from keras_siglip.models import SigLIPImageConverter, SigLIPPreprocessor
+from tests.helpers import numpy
 
 SIZE, PATCH, PATCHES = (8, 6), 4, 16
 DTYPES = ("uint8", "uint16", "int32", "float16", "float32", "float64", "bool")
@@ -25,12 +25,6 @@ def siglip():
 
 def naflex():
     return NaFlexImageConverter(PATCH, PATCHES)
-
-
-def numpy(outputs):
-    if isinstance(outputs, dict):
-        return {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
-    return keras.ops.convert_to_numpy(outputs)
 
 
 def make_images(seed, dtype, batch, side, channels, value_range, special):

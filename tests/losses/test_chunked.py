@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 from keras_siglip.losses import SigmoidLoss, chunked_sigmoid_loss, sigmoid_labels, sigmoid_loss_from_embeddings
-from tests.conftest import value_and_grads
+from tests.helpers import value_and_grads
 
 
 def plain(images, texts, t, b):

@@ -6,7 +6,7 @@ import pytest
 from keras import ops
 
 from keras_siglip.losses import chunked_token_nll, per_caption_mean
-from tests.conftest import value_and_grads
+from tests.helpers import value_and_grads
 
 B, L, E, V = 3, 5, 6, 23
 

@@ -13,7 +13,7 @@ from keras_siglip.losses import (
     random_patch_mask,
     updated_center,
 )
-from tests.conftest import value_and_grads
+from tests.helpers import value_and_grads
 
 TAU_S, TAU_T = 0.1, 0.04
 

@@ -16,7 +16,7 @@ from keras import ops
 from keras_siglip.layers.vit import EncoderBlock, MultiHeadAttention
 from keras_siglip.losses import SigmoidLoss
 from keras_siglip.models import SigLIPBackbone, SigLIPTextEncoder, SigLIPVisionEncoder
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 
 
 def data(batch=8, seed=0):

@@ -11,7 +11,7 @@ from keras_siglip.convert.common import CorruptCheckpoint
 from keras_siglip.models import SigLIPBackbone
 from keras_siglip.presets import SHIPPED_PRESETS
 from keras_siglip.utils.checksums import KEY, file_sha256
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="file checks: the same on every backend")
 

@@ -66,7 +66,7 @@ def test_convert_builds_under_it(monkeypatch, tmp_path):
         return real()
 
     monkeypatch.setattr(convert, "weights_to_be_loaded", spy)
-    from tests.conftest import tiny_backbone
+    from tests.helpers import tiny_backbone
     from keras_siglip.convert.huggingface import write_huggingface
 
     write_huggingface(tiny_backbone(image_size=16), str(tmp_path / "hf"))

@@ -1,14 +1,13 @@
 """CapPaBackbone: ViT encoder tokens into the TextDecoder, config, counts, saving."""
 
-import os
 
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_siglip.models import CapPaBackbone
 from keras_siglip.models.cappa import cappa_parameter_count
+from tests.helpers import numpy
 
 TINY = dict(
     vocabulary_size=20, patch_size=8, width=16, depth=2, num_heads=2, mlp_dim=32,
@@ -33,10 +32,6 @@ def inputs(rng, batch=2, length=8, size=32):
         "images": rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32"),
         "token_ids": rng.integers(1, TINY["vocabulary_size"], (batch, length)).astype("int32"),
     }
-
-
-def numpy(x):
-    return ops.convert_to_numpy(x)
 
 
 def test_logits_are_zero_at_init_and_equal_encoder_then_decoder(rng):
@@ -94,32 +89,6 @@ def test_parameter_count_formula_matches_hand_count_and_model(overrides, hand_co
     model = tiny(**overrides)
     assert cappa_parameter_count(model.get_config()) == hand_count
     assert model.count_params() == hand_count
-
-
-def test_config_round_trip(rng):
-    model = tiny(decoder_width=8, decoder_num_heads=4, decoder_bias=True)
-    randomize(model, rng)
-    config = model.get_config()
-    clone = CapPaBackbone.from_config(config)
-    assert clone.get_config() == config
-    clone.set_weights(model.get_weights())
-    x = inputs(rng)
-    np.testing.assert_array_equal(numpy(clone(x)), numpy(model(x)))
-
-
-def test_preset_and_keras_file_round_trips_keep_outputs(rng, tmp_path):
-    model = tiny()
-    randomize(model, rng)
-    x = inputs(rng)
-    expected = numpy(model(x))
-    path = tmp_path / "preset"
-    model.save_to_preset(str(path))
-    assert sorted(os.listdir(path)) == ["config.json", "metadata.json", "model.weights.h5"]
-    np.testing.assert_array_equal(numpy(CapPaBackbone.from_preset(str(path))(x)), expected)
-    model.save(tmp_path / "model.keras")
-    restored = keras.models.load_model(tmp_path / "model.keras")
-    assert isinstance(restored, CapPaBackbone)
-    np.testing.assert_array_equal(numpy(restored(x)), expected)
 
 
 @pytest.mark.slow

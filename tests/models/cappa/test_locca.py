@@ -19,14 +19,11 @@ from keras_siglip.models import (
     SigLIPTokenizer,
 )
 from keras_siglip.models.cappa.locca_preprocessor import AREF, CAP, GCAP, task_ids
+from tests.helpers import numpy
 
 EOS = 1
 LENGTH = 16
 SHAPES = ShapesDataset(48, seed=3, image_size=32)
-
-
-def numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 @pytest.fixture(scope="module")

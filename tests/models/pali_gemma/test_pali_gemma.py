@@ -32,94 +32,23 @@ from keras_siglip.convert.common import CheckpointMismatch  # noqa: E402
 from keras_siglip.convert.pali_gemma import load_pali_gemma  # noqa: E402
 from keras_siglip.layers.gemma import make_attention_mask  # noqa: E402
 from keras_siglip.models.pali_gemma import PaliGemmaBackbone  # noqa: E402
+from tests.pali_gemma_reference import (  # noqa: E402
+    GEMMA_1, GEMMA_2, NUM_IMAGE_TOKENS, TEXT_LENGTH, VOCAB, hf_text_logits, keras_logits, make_inputs,
+    max_real_difference, saved_hf_pali_gemma,
+)
 
 ATOL = 1e-5
-VOCAB = 300
-IMAGE_TOKEN = VOCAB - 1
-IMAGE_SIZE, PATCH = 16, 4
-NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH) ** 2
-TEXT_LENGTH = 10
-
-VISION = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-              num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH, vision_use_head=False)
-# head_dim 16 != hidden 48 / 4 heads, so no (N*H, D) reshape lines up by accident.
-GEMMA_1 = dict(model_type="gemma", vocab_size=VOCAB, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
-               num_attention_heads=4, num_key_value_heads=1, head_dim=16)
-GEMMA_2 = dict(GEMMA_1, model_type="gemma2", num_key_value_heads=2, sliding_window=4, attn_logit_softcapping=3.0,
-               final_logit_softcapping=5.0, query_pre_attn_scalar=12)
-
-
-def build_hf_pali_gemma(text, seed):
-    """A random, fully perturbed HF PaliGemma (eager attention, float32, eval)."""
-    torch.manual_seed(seed)
-    config = transformers.PaliGemmaConfig(
-        vision_config=VISION, text_config=dict(text, pad_token_id=0, bos_token_id=2, eos_token_id=1),
-        projection_dim=text["hidden_size"], image_token_index=IMAGE_TOKEN, vocab_size=VOCAB,
-    )
-    config._attn_implementation = "eager"
-    model = transformers.PaliGemmaForConditionalGeneration(config).float().eval()
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.1 * torch.randn(param.shape, generator=generator))
-    return model
-
-
-def make_inputs(seed, prefix_lengths=(4, 6), suffix_lengths=(4, 2)):
-    """Images in [-1, 1] and `[prefix | suffix | pad]` texts with their masks."""
-    rng = np.random.default_rng(seed)
-    batch = len(prefix_lengths)
-    token_ids = rng.integers(3, IMAGE_TOKEN, (batch, TEXT_LENGTH)).astype("int32")
-    padding_mask = np.zeros((batch, TEXT_LENGTH), "int32")
-    response_mask = np.zeros((batch, TEXT_LENGTH), "int32")
-    for row, (prefix, suffix) in enumerate(zip(prefix_lengths, suffix_lengths)):
-        padding_mask[row, : prefix + suffix] = 1
-        response_mask[row, prefix:] = 1
-        token_ids[row, prefix + suffix:] = 0
-    images = rng.uniform(-1, 1, (batch, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
-    return dict(images=images, token_ids=token_ids, padding_mask=padding_mask, response_mask=response_mask)
-
-
-def hf_text_logits(model, inputs):
-    """HF logits of the text positions: image placeholders + text, token_type_ids
-    0 on image + prefix and 1 on suffix and padding (HF's processor layout)."""
-    batch = len(inputs["token_ids"])
-    image = np.ones((batch, NUM_IMAGE_TOKENS), "int64")
-    ids = np.concatenate([IMAGE_TOKEN * image, inputs["token_ids"]], axis=1)
-    with torch.no_grad():
-        out = model(
-            input_ids=torch.from_numpy(ids),
-            pixel_values=torch.from_numpy(inputs["images"].transpose(0, 3, 1, 2).copy()),
-            attention_mask=torch.from_numpy(np.concatenate([image, inputs["padding_mask"]], axis=1)),
-            token_type_ids=torch.from_numpy(np.concatenate([0 * image, inputs["response_mask"]], axis=1)),
-        )
-    return out.logits.numpy()[:, NUM_IMAGE_TOKENS:]
-
-
-def keras_logits(backbone, inputs):
-    return keras.ops.convert_to_numpy(backbone(inputs))
-
-
-def max_real_difference(a, b, inputs):
-    return float(np.max(np.abs(a - b)[inputs["padding_mask"].astype(bool)]))
-
-
-def _saved(tmp_path_factory, name, text, seed):
-    model = build_hf_pali_gemma(text, seed)
-    folder = str(tmp_path_factory.mktemp(name))
-    model.save_pretrained(folder, safe_serialization=True)
-    return model, folder
 
 
 @pytest.fixture(scope="module")
 def gemma1(tmp_path_factory):
-    model, folder = _saved(tmp_path_factory, "paligemma1", GEMMA_1, seed=0)
+    model, folder = saved_hf_pali_gemma(tmp_path_factory, "paligemma1", GEMMA_1, seed=0)
     return model, folder, load_pali_gemma(folder)
 
 
 @pytest.fixture(scope="module")
 def gemma2(tmp_path_factory):
-    model, folder = _saved(tmp_path_factory, "paligemma2", GEMMA_2, seed=1)
+    model, folder = saved_hf_pali_gemma(tmp_path_factory, "paligemma2", GEMMA_2, seed=1)
     return model, folder, load_pali_gemma(folder, sliding_window="config")
 
 
@@ -284,24 +213,27 @@ def test_config_round_trip(gemma2):
 
 def test_compiled_forward_and_cached_step(gemma2):
     """The forward compiles (`predict`: XLA on jax, tf.function on tensorflow) and a
-    cached step runs with a traced index under `jax.jit` (static shapes throughout)."""
+    cached step runs with a tensor index as generation compiles it
+    (`compile_stateless`: `jax.jit`, `tf.function(jit_compile=True)`, eager torch
+    under `no_grad`; static shapes throughout): one compiled step serves two
+    positions, each giving the full forward's logits."""
+    from keras_siglip.models.cappa.cappa_generation import compile_stateless
+
     _, _, backbone = gemma2
     inputs = make_inputs(6, prefix_lengths=(4, 6), suffix_lengths=(6, 4))  # no padding
-    np.testing.assert_allclose(backbone.predict(inputs, verbose=0), keras_logits(backbone, inputs), atol=1e-5)
-    if keras.backend.backend() != "jax":
-        return
-    import jax
+    expected = keras_logits(backbone, inputs)
+    np.testing.assert_allclose(backbone.predict(inputs, verbose=0), expected, atol=1e-5)
 
     decoder = backbone.decoder
     embeddings = backbone.embed_inputs(inputs["images"], inputs["token_ids"])
     padding_mask, ar_mask = backbone.sequence_masks(inputs["padding_mask"], inputs["response_mask"])
     cache = decoder.initial_cache(2, NUM_IMAGE_TOKENS + TEXT_LENGTH)
-    _, _, cache = decoder.call_with_cache(embeddings[:, :-1], cache, 0, padding_mask, ar_mask)
-
-    @jax.jit
-    def step(x, cache, index):
-        return decoder.call_with_cache(x, cache, index, padding_mask, ar_mask)[0]
+    _, _, cache = decoder.call_with_cache(embeddings[:, :-2], cache, 0, padding_mask, ar_mask)
+    step = compile_stateless(backbone, lambda x, cache, index: decoder.call_with_cache(
+        x, cache, index, padding_mask, ar_mask)[::2])
 
     last = NUM_IMAGE_TOKENS + TEXT_LENGTH - 1
-    logits = step(embeddings[:, last:], cache, jax.numpy.int32(last))
-    np.testing.assert_allclose(np.asarray(logits), keras_logits(backbone, inputs)[:, -1:], atol=ATOL)
+    for index in (last - 1, last):
+        logits, cache = step(embeddings[:, index : index + 1], cache, keras.ops.convert_to_tensor(index, "int32"))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(logits), expected[:, index - NUM_IMAGE_TOKENS][:, None],
+                                   atol=ATOL)

@@ -19,10 +19,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import keras  # noqa: E402
-from keras import ops  # noqa: E402
 
 from keras_siglip.convert.pali_gemma import load_pali_gemma  # noqa: E402
-from keras_siglip.models.cappa.cappa_generation import compile_stateless  # noqa: E402
 from keras_siglip.models.pali_gemma import (  # noqa: E402
     PaliGemmaBackbone,
     PaliGemmaCausalLM,
@@ -34,70 +32,22 @@ from keras_siglip.models.pali_gemma import (  # noqa: E402
     parse_detections,
 )
 from keras_siglip.models.pali_gemma.pali_gemma_generation import left_align  # noqa: E402
-from tests.models.pali_gemma.test_pali_gemma import (  # noqa: E402
+from tests.helpers import numpy  # noqa: E402
+from tests.pali_gemma_reference import (  # noqa: E402
     GEMMA_1,
     GEMMA_2,
-    IMAGE_SIZE,
     IMAGE_TOKEN,
     NUM_IMAGE_TOKENS,
+    TEXTS,
     build_hf_pali_gemma,
+    random_images,
+    random_prompts,
+    uncached_greedy,
 )
 
 ATOL = 1e-5
 BOS, EOS, PAD = 2, 1, 0
 NEW_TOKENS = 10
-TEXTS = [
-    "caption en", "a red circle on a blue square", "detect cat ; dog", "answer en what colour is it",
-    "two green triangles", "segment the cat", "a small dog next to a big cat",
-] * 8
-
-
-def numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
-
-
-def random_images(batch, seed, size=IMAGE_SIZE):
-    return np.random.default_rng(seed).uniform(-1, 1, (batch, size, size, 3)).astype("float32")
-
-
-def random_prompts(lengths, seed, avoid=(), vocab=IMAGE_TOKEN):
-    """`(B, max(lengths))` right-padded prompt ids `[BOS, ...]` and their mask."""
-    rng = np.random.default_rng(seed)
-    ids = np.zeros((len(lengths), max(lengths)), "int32")
-    mask = np.zeros_like(ids)
-    allowed = np.array([t for t in range(3, vocab) if t not in avoid])
-    for row, n in enumerate(lengths):
-        ids[row, 0] = BOS
-        ids[row, 1:n] = rng.choice(allowed, n - 1)
-        mask[row, :n] = 1
-    return ids, mask
-
-
-def uncached_greedy(backbone, images, prompt, mask, steps):
-    """Greedy decoding without a cache: the whole forward recomputed each step.
-
-    Rows keep their tokens right-padded in one fixed `(B, T + steps)` shape
-    (padding is masked out as keys): one compiled forward serves every step.
-    `images`: an image batch, or a dict of NaFlex patch inputs."""
-    images = images if isinstance(images, dict) else {"images": images}
-    forward = compile_stateless(backbone, backbone)
-    lengths = mask.sum(axis=1)
-    width = prompt.shape[1] + steps
-    ids = np.zeros((len(prompt), width), "int32")
-    ids[:, : prompt.shape[1]] = prompt * mask
-    positions = np.arange(width)[None, :]
-    done = np.zeros(len(prompt), bool)
-    out = np.zeros((len(prompt), steps), "int32")
-    for step in range(steps):
-        n = lengths + step
-        inputs = dict(images, token_ids=ids, padding_mask=(positions < n[:, None]).astype("int32"),
-                      response_mask=(positions >= lengths[:, None]).astype("int32"))
-        logits = numpy(forward({k: ops.convert_to_tensor(v) for k, v in inputs.items()}))
-        token = np.where(done, PAD, logits[np.arange(len(prompt)), n - 1].argmax(-1))
-        ids[np.arange(len(prompt)), n] = token
-        out[:, step] = token
-        done |= token == EOS
-    return out
 
 
 def _converted(tmp_path_factory, name, text, seed):

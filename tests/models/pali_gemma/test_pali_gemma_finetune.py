@@ -14,10 +14,10 @@ import math
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 from keras_siglip import transfer
 from keras_siglip.models.pali_gemma import PaliGemmaBackbone, PaliGemmaCausalLM, PrefixLMLoss
+from tests.helpers import numpy, weights_by_path
 
 BACKEND = keras.backend.backend()
 BF16_ATOL = 0.1
@@ -32,10 +32,6 @@ RANK = 2
 def backbone(seed=0, **overrides):
     keras.utils.set_random_seed(seed)
     return PaliGemmaBackbone(**{**CONFIG, **overrides})
-
-
-def numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def batch(size=4, length=8, seed=0):
@@ -60,10 +56,6 @@ def logits(model, x):
 
 def paths(variables):
     return {v.path for v in variables}
-
-
-def weights_by_path(model):
-    return {v.path: numpy(v).copy() for v in model.weights}
 
 
 def lm_lora_count(rank):
@@ -121,7 +113,7 @@ def test_freeze_image_tower_with_and_without_projector():
     lora = transfer.freeze_image_tower(transfer.enable_lora(backbone(), RANK), train_projector=True)
     assert transfer.trainable_parameter_count(lora) == lm_lora_count(RANK) + projector_count()
     with pytest.raises(ValueError, match="lora_vit"):
-        from tests.conftest import tiny_backbone
+        from tests.helpers import tiny_backbone
 
         transfer.enable_lora(tiny_backbone(), RANK, lora_vit=True)
 

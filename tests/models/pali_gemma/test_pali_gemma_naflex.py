@@ -24,7 +24,8 @@ from keras_siglip.models.pali_gemma import (
     PaliGemmaCausalLMPreprocessor,
     PaliGemmaTokenizer,
 )
-from tests.models.pali_gemma.test_pali_gemma_causal_lm import uncached_greedy
+from tests.helpers import numpy
+from tests.pali_gemma_reference import uncached_greedy
 
 ATOL = 1e-5
 VOCAB = 64
@@ -37,10 +38,6 @@ CONFIG = dict(vocabulary_size=VOCAB, image_size=IMAGE_SIZE, num_layers=1, num_qu
               vit_num_layers=1, vit_num_heads=2, vit_intermediate_dim=24, attention_logit_soft_cap=5.0,
               final_logit_soft_cap=8.0, query_pre_attn_scalar=6, use_post_norms=True)
 TEXTS = ["caption en", "detect cat ; dog", "a red circle", "two green triangles", "answer en what colour"] * 8
-
-
-def numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def perturbed(backbone, seed):

@@ -20,15 +20,12 @@ from keras_siglip.models.pali_gemma import (
     pali_gemma_parameter_count,
 )
 from keras_siglip.presets.pali_gemma import PALI_GEMMA_PRESETS
+from tests.helpers import numpy
 
 NAMES = [f"paligemma_3b_pt_{r}" for r in (224, 448, 896)] + [
     f"paligemma2_{size}_pt_{r}" for size in ("3b", "10b", "28b") for r in (224, 448, 896)
 ]
 TEXTS = ["caption en", "detect cat ; dog", "a red circle", "two green triangles", "answer en what colour"] * 8
-
-
-def numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 def test_listings_hold_every_pali_gemma_card(capsys):

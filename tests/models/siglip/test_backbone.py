@@ -9,9 +9,8 @@ from keras import ops
 
 from keras_siglip.hub import PresetUnavailable
 from keras_siglip.models import SigLIPBackbone, SigLIPVisionEncoder
-from keras_siglip.models.siglip import siglip_presets
 from keras_siglip.presets import PUBLISHED_PRESETS, siglip_config
-from tests.conftest import tiny_backbone
+from tests.helpers import numpy, tiny_backbone
 
 
 def inputs(rng, batch=3, texts=None, size=32, vocab=60, length=8):
@@ -19,10 +18,6 @@ def inputs(rng, batch=3, texts=None, size=32, vocab=60, length=8):
         "images": rng.uniform(-1, 1, (batch, size, size, 3)).astype("float32"),
         "token_ids": rng.integers(0, vocab, (texts or batch, length)).astype("int32"),
     }
-
-
-def numpy(outputs):
-    return {k: ops.convert_to_numpy(v) for k, v in outputs.items()}
 
 
 def test_outputs_are_normalised_and_logits_consistent(rng):
@@ -101,17 +96,6 @@ def test_loss_uses_explicit_labels(rng):
     loss = float(model.compute_loss(x, labels, model(x)))
     expected = np.mean(np.sum(np.logaddexp(0, -labels * logits), axis=-1))
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
-
-
-def test_preset_round_trip(rng, tmp_path):
-    model = tiny_backbone()
-    x = inputs(rng)
-    path = tmp_path / "preset"
-    model.save_to_preset(str(path))
-    assert sorted(os.listdir(path)) == ["config.json", "metadata.json", "model.weights.h5"]
-    restored = SigLIPBackbone.from_preset(str(path))
-    for key, value in numpy(model(x)).items():
-        np.testing.assert_array_equal(ops.convert_to_numpy(restored(x)[key]), value)
 
 
 def test_interrupted_save_keeps_the_old_preset(rng, tmp_path, monkeypatch):

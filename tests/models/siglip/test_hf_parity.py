@@ -14,9 +14,6 @@ The normalisation differs (HF x/||x||, ours x/(||x||+1e-8)): about 1e-8
 relative, immaterial here.
 """
 
-import pathlib
-import sys
-
 import numpy as np
 import pytest
 
@@ -25,10 +22,8 @@ pytest.importorskip("transformers")
 
 import keras  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-from hf_reference import build_hf_siglip, copy_hf_to_keras, keras_config_from_hf  # noqa: E402
-
 from keras_siglip.models import SigLIPBackbone, SigLIPTextEncoder, SigLIPVisionEncoder  # noqa: E402
+from tests.hf_reference import build_hf_siglip, copy_hf_to_keras, keras_config_from_hf  # noqa: E402
 
 ATOL = 1e-5
 EOS_ID = 1

@@ -16,18 +16,9 @@ from keras_siglip.models import (
     SigLIPTokenizer,
     SigLIPVisionEncoder,
 )
-from tests.conftest import tiny_backbone
+from tests.helpers import changed, tiny_backbone, weights_by_path
 
 NUM_CLASSES = 3
-
-
-def weights_by_path(layer):
-    return {v.path: ops.convert_to_numpy(v).copy() for v in layer.weights}
-
-
-def changed(before, layer):
-    after = weights_by_path(layer)
-    return {path for path, value in before.items() if not np.array_equal(value, after[path])}
 
 
 @pytest.fixture

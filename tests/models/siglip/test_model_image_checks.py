@@ -21,7 +21,7 @@ from keras_siglip.models import (
     SigLIPZeroShotClassifier,
 )
 from keras_siglip.utils.images import check_model_images
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 
 ADVICE = r"takes preprocessed images in \[-1, 1\]; run the preprocessor / image_converter first"
 RAW = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)

@@ -14,9 +14,6 @@ Tolerances (float32, CPU): resize vs scale_and_translate ATOL 1e-6 (measured
 image <= 3e-7, logits <= 3e-6); packed vs alone ATOL 1e-5 (measured <= 1e-6).
 """
 
-import pathlib
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -24,28 +21,9 @@ from keras import ops
 
 from keras_siglip.layers.vit import PositionEmbedding, VisionTransformer
 from keras_siglip.models import SigLIPBackbone, SigLIPTextEncoder, SigLIPVisionEncoder
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from tests.helpers import naflex_batch
 
 GRIDS = [(4, 4), (3, 5), (1, 12), (12, 1), (2, 9), (7, 7), (1, 1), (5, 2), (9, 3), (40, 1), (1, 70)]
-
-
-def naflex_batch(grids, num_patches, patch_dim, seed=0):
-    """Random patches of images with the given patch grids, padded to `num_patches`.
-
-    Returns numpy `patches (B, N, D)`, `patch_coords (B, N, 2)`, `patch_mask (B, N)`.
-    """
-    rng = np.random.default_rng(seed)
-    batch = len(grids)
-    patches = np.zeros((batch, num_patches, patch_dim), "float32")
-    coords = np.zeros((batch, num_patches, 2), "int32")
-    mask = np.zeros((batch, num_patches), "int32")
-    for i, (h, w) in enumerate(grids):
-        n = h * w
-        patches[i, :n] = rng.uniform(-1, 1, (n, patch_dim))
-        coords[i, :n] = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij"), -1).reshape(n, 2)
-        mask[i, :n] = 1
-    return {"patches": patches, "patch_coords": coords, "patch_mask": mask}
 
 
 @pytest.mark.parametrize("grid", GRIDS + [(16, 16), (64, 3), (100, 2)])
@@ -82,7 +60,7 @@ SPEC = dict(
 
 def _hf_pair(seed=0):
     pytest.importorskip("transformers")
-    from hf_reference import build_hf_siglip, copy_hf_to_keras, keras_config_from_hf
+    from tests.hf_reference import build_hf_siglip, copy_hf_to_keras, keras_config_from_hf
 
     hf_model = build_hf_siglip(**SPEC, seed=seed, naflex=True)
     config = keras_config_from_hf(hf_model.config)

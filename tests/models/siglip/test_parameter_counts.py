@@ -7,8 +7,6 @@ device, no memory) or our own model's `count_params()`.
 """
 
 import os
-import pathlib
-import sys
 
 import pytest
 
@@ -43,8 +41,7 @@ def test_formula_matches_hf_transformers_on_meta_device():
     identity text head of width^2 + width parameters, and exactly that."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-    from hf_reference import hf_config_from_keras
+    from tests.hf_reference import hf_config_from_keras
 
     mismatches = {}
     for name, card in sorted(PUBLISHED_PRESETS.items()):

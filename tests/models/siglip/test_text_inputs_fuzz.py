@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from keras import ops
 
 from keras_siglip.models import SigLIPImageConverter, SigLIPPreprocessor, SigLIPTokenizer
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 
 LENGTH = 8
 EOS = 1

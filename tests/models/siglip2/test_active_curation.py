@@ -16,7 +16,7 @@ from keras_siglip.models.siglip2.active_curation import (
     random_subset_learnability,
     subset_learnability,
 )
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 
 BACKEND = keras.backend.backend()
 SUPER_BATCH, CHUNKS = 16, 4

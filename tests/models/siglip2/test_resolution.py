@@ -8,7 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_siglip.models.siglip2 import StretchedSchedule, at_resolution, pi_resize_patch_kernel
-from tests.conftest import tiny_backbone
+from tests.helpers import tiny_backbone
 
 
 def resize(patches, size):
