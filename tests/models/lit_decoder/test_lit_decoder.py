@@ -8,15 +8,12 @@ from keras import ops
 
 import keras_siglip as ks
 from keras_siglip.data import ShapesDataset, mix_tasks, shapes_task_arrays, shapes_task_datasets
-from keras_siglip.models import LiTDecoder, LiTDecoderBackbone, LiTDecoderPreprocessor, SigLIPVisionEncoder
+from keras_siglip.models import LiTDecoder, LiTDecoderBackbone, SigLIPVisionEncoder
+from tests.helpers import numpy
 
 PRESET = "siglip2_shapes_tiny"
 LENGTH = 24
 DECODER = dict(decoder_width=32, decoder_depth=1, decoder_num_heads=2, decoder_mlp_dim=64)
-
-
-def numpy(x):
-    return np.asarray(ops.convert_to_numpy(x))
 
 
 @pytest.fixture(scope="module")
@@ -97,19 +94,31 @@ def test_mix_tasks_mixes_by_weight_and_checks_its_inputs():
 
 
 def test_fit_trains_the_decoder_only_and_answers(data):
+    """The decoder learns: 20 steps on one batch of 8 images (the "class" task, 8
+    different colour-shape answers, so a constant answer gets 1/8 right) take the
+    loss from chance (log of the 384-token vocabulary, 5.95; measured 5.83 at the
+    first step) to under 0.3 (measured 0.04-0.08), and the greedy answers are the
+    trained ones (measured 8 of 8 on jax, tensorflow and torch; 6 asserted)."""
     keras.utils.set_random_seed(1)
     model = LiTDecoder.from_preset(PRESET, sequence_length=LENGTH, **DECODER)
     encoder = [numpy(w) for w in model.backbone.vision_encoder.weights]
-    model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    x = data["color"]
-    before = model.evaluate(x, batch_size=16, verbose=0, return_dict=True)["loss"]
-    model.fit(x, batch_size=8, epochs=4, verbose=0)
-    after = model.evaluate(x, batch_size=16, verbose=0, return_dict=True)["loss"]
-    assert after < before
+    model.compile(optimizer=keras.optimizers.Adam(2e-2))
+    x = {key: value[:8] for key, value in data["class"].items()}
+    assert len(set(x["targets"])) == 8
+    losses = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: losses.append(logs["loss"]))
+    # One epoch of the batch repeated 20 times: the same steps as 20 epochs, without
+    # the per-epoch cost (raw inputs, through the preprocessor).
+    model.fit({key: np.concatenate([value] * 20) for key, value in x.items()}, batch_size=8, shuffle=False,
+              verbose=0, callbacks=[record])
+    chance = np.log(model.backbone.vocabulary_size)
+    assert len(losses) == 20 and 0.9 * chance < losses[0] < 1.05 * chance, (losses[0], chance)
+    after = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)["loss"]
+    assert after < 0.3, after
     for old, new in zip(encoder, model.backbone.vision_encoder.weights):
         np.testing.assert_array_equal(old, numpy(new))
-    answers = model.answer(x["images"][:4], "what color is the shape", max_length=3)
-    assert len(answers) == 4 and all(isinstance(a, str) for a in answers)
+    accuracy = model.answer_accuracy(x["images"], x["prompts"][0], x["targets"])
+    assert accuracy >= 6 / 8, (accuracy, model.answer(x["images"], x["prompts"][0]))
     with pytest.raises(ValueError, match="prompts for"):
         model.answer(x["images"][:4], ["a", "b"])
 
