@@ -107,6 +107,11 @@ class SigLIPZeroShotClassifier(PresetMixin, Task):
         images = keras.Input(shape=(None, None, backbone.vision_encoder.num_channels), name="images")
         probabilities = self.class_scores(backbone.normalize(backbone.vision_encoder(images)))
         super().__init__(inputs={"images": images}, outputs=probabilities, **kwargs)
+        # The graph holds only the image tower. On torch, layers set before the
+        # functional init are not tracked: set them again so `weights`,
+        # `get_weights` and `quantize` include the text tower on every backend.
+        self.backbone = backbone
+        self.preprocessor = preprocessor
         self.class_names = list(class_names)
         self.templates = templates
         # A task restored from its own preset has no vocabulary yet at this

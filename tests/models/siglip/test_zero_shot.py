@@ -71,3 +71,38 @@ def test_bad_arguments(classifier):
     assert len(classifier.classify(image, top_k=len(LABELS) + 5)[0]) == len(LABELS)
     with pytest.raises(ValueError, match="exactly one"):
         SigLIPZeroShotClassifier(classifier.backbone, classifier.preprocessor, LABELS, ["a photo"])
+
+
+def test_weights_hold_both_towers(classifier):
+    """The graph runs only the image tower, yet the text tower (which embeds new
+    class names) is part of the model's weights on every backend, so
+    `get_weights` / `set_weights` carry it to another classifier."""
+    held = {id(w) for w in classifier.weights}
+    assert all(id(w) in held for w in classifier.backbone.weights)
+    other = SigLIPZeroShotClassifier(tiny_backbone(seed=1), classifier.preprocessor, LABELS, TEMPLATES)
+    ids = classifier.preprocessor.pack_texts(["a red circle"])
+    before = ops.convert_to_numpy(other.backbone.encode_texts(ids))
+    expected = ops.convert_to_numpy(classifier.backbone.encode_texts(ids))
+    assert np.abs(before - expected).max() > 1e-3  # a different model to start with
+    other.set_weights(classifier.get_weights())
+    np.testing.assert_array_equal(ops.convert_to_numpy(other.backbone.encode_texts(ids)), expected)
+
+
+@pytest.mark.parametrize("filters", [None, "dense"])
+def test_quantize_leaves_the_preprocessor_alone(classifier, rng, filters):
+    """int8 before any `predict`: Keras used to stop halfway at the preprocessor's
+    unbuilt resizing layer, leaving the towers half quantized. A name filter still
+    selects as in Keras (only layers whose name matches)."""
+    images = rng.integers(0, 256, (2, 40, 30, 3), dtype=np.uint8)
+    classifier.quantize("int8", filters=filters)
+    quantized = [layer for layer in classifier.backbone._flatten_layers() if layer.quantization_mode]
+    assert {layer.quantization_mode for layer in quantized} == {"int8"}
+    names = {layer.name for layer in quantized}
+    text_tower = {id(layer) for layer in classifier.backbone.text_encoder._flatten_layers()}
+    assert any(id(layer) in text_tower for layer in quantized), names
+    if filters:
+        assert all("dense" in name for name in names) and "head" not in names
+    else:
+        assert "head" in names and "token_embedding" in names
+    assert not any(layer.quantization_mode for layer in classifier.preprocessor._flatten_layers())
+    assert np.isfinite(classifier.predict(images, verbose=0)).all()
