@@ -130,9 +130,16 @@ class PresetMixin:
         (30 s for the 900k-weight shipped model; under a second this way).
         Keras' warning for each layer without weights to quantize (norms,
         dropout, ...) is not shown, nor, for `float8` (Keras' float8 covers
-        matmuls), that of each embedding lookup, which stays float."""
+        matmuls), that of each embedding lookup, which stays float. A task's
+        preprocessor (tokenizer, image resizing) is left alone: Keras would
+        refuse its unbuilt layers halfway through, leaving the model half
+        quantized."""
         import gc
         import warnings
+
+        preprocessor = getattr(self, "preprocessor", None)
+        if preprocessor is not None:
+            kwargs["filters"] = _skipping(preprocessor._flatten_layers(), kwargs.get("filters"))
 
         collect = gc.collect
         gc.collect = lambda *args, **kwargs: 0
@@ -163,3 +170,25 @@ class PresetMixin:
         super().save_to_preset(folder, **kwargs)
         backbone = self if isinstance(self, Backbone) else getattr(self, "backbone", None)
         record_checksums(folder, backbone)
+
+
+def _skipping(layers, filters):
+    """`quantize` filters that never select `layers`, else as Keras reads
+    `filters` (a regex or list of regexes on layer names, or a callable)."""
+    import re
+
+    if filters is not None and not isinstance(filters, (str, list, tuple)) and not callable(filters):
+        return filters  # Keras names the bad argument
+    skip = {id(layer) for layer in layers}
+    patterns = [filters] if isinstance(filters, str) else filters
+
+    def keep(layer):
+        if id(layer) in skip:
+            return False
+        if filters is None:
+            return True
+        if callable(filters):
+            return filters(layer)
+        return any(re.search(pattern, layer.name) for pattern in patterns)
+
+    return keep
