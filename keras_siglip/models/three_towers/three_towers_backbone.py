@@ -455,7 +455,20 @@ class ThreeTowersBackbone(ArrayChecksMixin, PresetMixin, Backbone):
         return total
 
     def get_config(self):
-        config = super().get_config()
+        # keras-hub's Backbone keys quantized layers by path, and the image tower
+        # and a third tower of the same class have the same inner paths. Each
+        # tower's own config records its quantization, so the backbone's map
+        # needs only the layers outside the towers (alignment heads).
+        towers = [t for t in (self.vision_encoder, self.text_encoder, self.third_tower) if t is not None]
+        inside = {id(layer) for tower in towers for layer in tower._flatten_layers()}
+        policy = self.dtype_policy
+        if not isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+            own = keras.dtype_policies.DTypePolicyMap()
+            for layer in self._flatten_layers():
+                if layer.quantization_mode is not None and id(layer) not in inside:
+                    own[layer.path] = layer.dtype_policy
+            policy = own if len(own) else policy
+        config = {"name": self.name, "trainable": self.trainable, "dtype": keras.dtype_policies.serialize(policy)}
         config.update(
             vision_encoder=keras.layers.serialize(self.vision_encoder),
             text_encoder=keras.layers.serialize(self.text_encoder),

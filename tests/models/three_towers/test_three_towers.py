@@ -213,3 +213,21 @@ def test_third_tower_from_a_preset_name(parts):
     assert isinstance(model.third_tower.tower, SigLIPVisionEncoder)
     assert model.third_tower_dim == 128
     assert model.expected_inputs()["third_tower_images"] == (None, None, 3)
+
+
+def test_a_quantized_model_saves_and_loads(tmp_path):
+    """int8 towers, including a third tower of the image tower's class (the same
+    inner layer paths), come back from the preset quantized and give the same outputs."""
+    vision, text = towers(seed=3)
+    model = ThreeTowersBackbone(vision, text, third_tower=pretrained_tower(seed=4))
+    model.quantize("int8")
+    x = inputs(seed=2, batch=3)
+    expected = {k: numpy(v) for k, v in model(x).items()}
+    model.save_to_preset(str(tmp_path / "preset"))
+    restored = ThreeTowersBackbone.from_preset(str(tmp_path / "preset"))
+    for tower in ("vision_encoder", "text_encoder", "third_tower"):
+        modes = {l.quantization_mode for l in getattr(restored, tower)._flatten_layers()
+                 if isinstance(l, (keras.layers.Dense, keras.layers.EinsumDense))}
+        assert modes == {"int8"}, (tower, modes)
+    for key, value in restored(x).items():
+        np.testing.assert_array_equal(numpy(value), expected[key], err_msg=key)
