@@ -124,12 +124,15 @@ class SigLIPImageClassifier(PresetMixin, ImageClassifier):
             )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1); got {dropout}.")
-        head_policy = head_dtype or backbone.dtype_policy
+        head_policy = keras.dtype_policies.get(head_dtype or backbone.dtype_policy)
+        # A quantized head (from a quantized model's config): dropout computes in its source dtype.
+        dropout_policy = (head_policy.name.split("_from_", 1)[1] if head_policy.quantization_mode
+                          else head_policy)
 
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.output_dropout = keras.layers.Dropout(dropout, dtype=head_policy, name="output_dropout")
+        self.output_dropout = keras.layers.Dropout(dropout, dtype=dropout_policy, name="output_dropout")
         self.output_dense = keras.layers.Dense(
             num_classes, activation=activation, dtype=head_policy, name="predictions"
         )
@@ -209,6 +212,8 @@ class SigLIPImageClassifier(PresetMixin, ImageClassifier):
     def get_config(self):
         config = Task.get_config(self)
         activation, head_dtype = self.activation, self.head_dtype
+        if self.output_dense.quantization_mode is not None:  # quantize() changed the head
+            head_dtype = self.output_dense.dtype_policy
         if callable(activation):
             activation = keras.activations.serialize(activation)
         if isinstance(head_dtype, keras.DTypePolicy):

@@ -188,3 +188,20 @@ def test_config_round_trip(rng):
     np.testing.assert_allclose(
         ops.convert_to_numpy(restored(x)), ops.convert_to_numpy(classifier(x)), atol=1e-6
     )
+
+
+def test_a_quantized_classifier_saves_and_loads(classifier, labelled, tmp_path):
+    """int8 everywhere, the head included: its config, preset and `.keras` file
+    rebuild the int8 head (they used to rebuild a float one and fail to load)."""
+    images, _ = labelled
+    classifier.quantize("int8")
+    assert classifier.output_dense.quantization_mode == "int8"
+    expected = classifier.predict(images, verbose=0)
+    rebuilt = SigLIPImageClassifier.from_config(classifier.get_config())
+    rebuilt.set_weights(classifier.get_weights())
+    classifier.save_to_preset(str(tmp_path / "preset"))
+    classifier.save(str(tmp_path / "model.keras"))
+    for restored in (rebuilt, SigLIPImageClassifier.from_preset(str(tmp_path / "preset")),
+                     keras.saving.load_model(str(tmp_path / "model.keras"))):
+        assert restored.output_dense.quantization_mode == "int8"
+        np.testing.assert_array_equal(restored.predict(images, verbose=0), expected)
