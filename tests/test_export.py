@@ -14,7 +14,7 @@ import pytest
 from keras_siglip import cli
 from keras_siglip.export import ExportedTowers, export, export_preset
 from keras_siglip.models import SigLIPBackbone, SigLIPTextEncoder, SigLIPVisionEncoder
-from tests.helpers import numpy
+from tests.helpers import naflex_batch, numpy
 
 PRESET = "siglip2_shapes_tiny"
 FORMATS = ("saved_model", "litert", "onnx")
@@ -28,20 +28,6 @@ def fixed_inputs(backbone, batch, seed=0):
     size, text = backbone.vision_encoder.image_size, backbone.text_encoder
     return (rng.uniform(-1, 1, (batch, *size, 3)).astype("float32"),
             rng.integers(2, text.vocabulary_size, (batch, text.sequence_length)).astype("int32"))
-
-
-def naflex_inputs(grids, num_patches=20, patch_dim=48, seed=0):
-    rng = np.random.default_rng(seed)
-    batch = len(grids)
-    x = {"patches": np.zeros((batch, num_patches, patch_dim), "float32"),
-         "patch_coords": np.zeros((batch, num_patches, 2), "int32"),
-         "patch_mask": np.zeros((batch, num_patches), "int32")}
-    for i, (h, w) in enumerate(grids):
-        n = h * w
-        x["patches"][i, :n] = rng.uniform(-1, 1, (n, patch_dim))
-        x["patch_coords"][i, :n] = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij"), -1).reshape(n, 2)
-        x["patch_mask"][i, :n] = 1
-    return x
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +71,7 @@ def test_naflex_exports_match_keras(naflex, format, tmp_path):
     towers = ExportedTowers(export(naflex, tmp_path / "export", format=format, max_num_patches=20, verbose=False))
     assert towers.manifest["towers"]["image"]["inputs"]["patches"]["shape"] == [None, 20, 48]
     for grids in ([(4, 5), (2, 7), (1, 9), (5, 3)], [(3, 3)]):
-        x = naflex_inputs(grids, seed=len(grids))
+        x = naflex_batch(grids, 20, 48, seed=len(grids))
         np.testing.assert_allclose(towers.encode_images(x), numpy(naflex.encode_images(x)), atol=ATOL)
     token_ids = np.random.default_rng(1).integers(2, 60, (2, 6)).astype("int32")
     np.testing.assert_allclose(towers.encode_texts(token_ids), numpy(naflex.encode_texts(token_ids)), atol=ATOL)
@@ -148,7 +134,7 @@ def test_export_from_another_backend_runs_on_tensorflow(naflex, tmp_path):
     subprocess; the artifact matches this backend's embeddings."""
     out = export(naflex, tmp_path / "export", format="onnx", towers="image", max_num_patches=20, verbose=False)
     towers = ExportedTowers(out)
-    x = naflex_inputs([(4, 5), (2, 3)])
+    x = naflex_batch([(4, 5), (2, 3)], 20, 48)
     np.testing.assert_allclose(towers.encode_images(x), numpy(naflex.encode_images(x)), atol=ATOL)
     with pytest.raises(ValueError, match="has no text tower"):
         towers.encode_texts(np.zeros((1, 6), "int32"))
