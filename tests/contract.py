@@ -32,7 +32,6 @@ import os
 import pathlib
 import re
 import sys
-import time
 import zlib
 from typing import Callable, Optional
 
@@ -60,8 +59,6 @@ MIXED_RTOL = 0.05
 INT8_FLOOR = 0.999
 STD = 0.2  # scale of the numpy weights
 BATCH = 3
-TIMINGS = {}  # (case, check) -> CPU seconds: where the contract's time goes
-MEASURED = {}  # (check, class, output) -> measured mixed errors / int8 cosines (for stating bounds)
 
 # === Deterministic weights ===
 
@@ -478,6 +475,12 @@ def _lock_image_tower(model):
     lock_image_tower(model.backbone if hasattr(model, "backbone") else model)
 
 
+def _freeze_image_tower(model):
+    from keras_siglip.transfer import freeze_image_tower
+
+    freeze_image_tower(model)
+
+
 def _freeze(attribute):
     def freeze(model):
         part = model
@@ -536,7 +539,7 @@ def cases():
         "pali_gemma_causal_lm": Case(
             m.PaliGemmaCausalLM, lambda: m.PaliGemmaCausalLM(m.PaliGemmaBackbone(**PALI)), pali_gemma_inputs,
             shapes=(check_shorter_text(5, masks=("padding_mask", "response_mask")),), train_data=pali_gemma_train,
-            freeze=lambda model: __import__("keras_siglip.transfer").transfer.freeze_image_tower(model)),
+            freeze=_freeze_image_tower),
         "siglip2_pretrainer": Case(
             m.SigLIP2Pretrainer, pretrainer, pretrainer_inputs, train_data=_x_only,
             shapes=(check_shorter_text(5, key="decoder_token_ids", masks=("decoder_targets",)),),
@@ -639,7 +642,6 @@ def check_int8(case, clone, x, reference):
             continue  # pair logits: scores of the embeddings compared here
         assert np.isfinite(ours[name]).all(), name
         cosine = min_row_cosine(ours[name], value)
-        MEASURED.setdefault(("int8", case.cls.__name__, name), []).append(cosine)
         assert cosine > INT8_FLOOR, f"{name}: int8 min row cosine {cosine:.5f} <= {INT8_FLOOR}"
     rebuilt = case.cls.from_config(clone.get_config())
     rebuilt.set_weights(clone.get_weights())
@@ -706,7 +708,6 @@ def check_mixed(case, model, x, reference):
     for name, value in reference.items():
         assert np.isfinite(outputs[name]).all(), f"{name}: not finite in mixed_bfloat16"
         error = np.linalg.norm(outputs[name] - value) / np.linalg.norm(value)
-        MEASURED.setdefault(("mixed", case.cls.__name__, name), []).append(error)
         assert error <= MIXED_RTOL, f"{name}: mixed_bfloat16 relative error {error:.4f} > {MIXED_RTOL}"
 
 
@@ -764,25 +765,20 @@ def run_contract(name, case, applicable, tmp_path):
     import keras
 
     golden = load_golden().get(name)
-    start = time.process_time()
     model, x = build(case)
     state = {"calls": _trace_counter(model)}
     reference = eager(model, x)
-    TIMINGS[name, "build"] = time.process_time() - start
     failures = {}
     clone = None
 
     def attempt(check, fn, *args):
         if check not in applicable:
             return None
-        start = time.process_time()
         try:
             return fn(*args)
         except Exception as error:  # collected: the report names every broken check
             failures[check] = error
             return None
-        finally:
-            TIMINGS[name, check] = TIMINGS.get((name, check), 0.0) + time.process_time() - start
 
     attempt("golden", check_golden, case, model, x, reference, golden, state)
     attempt("retrace", check_retrace, case, model, x, state)
