@@ -13,11 +13,15 @@ flags change.
 Here the image tower comes from the shipped `siglip2_shapes_tiny` preset and the
 text tower is new, randomly initialised (LiT's from-scratch text tower), so
 zero-shot classification starts at chance and climbs as the text tower learns.
-Runs offline.
+Runs offline. `--quick` trains on 2,000 pairs instead of 3,000
+(the configuration CI runs on every backend; the claims asserted are the same). Measured
+after LiT, top-1: 66.3% / 72.0% / 74.0% in full, 55.3% / 57.7% / 58.3% quick (JAX /
+TensorFlow / torch).
 
-    python guides/lit.py
+    python guides/lit.py [--quick]
 """
 
+import sys
 import time
 
 import keras
@@ -26,6 +30,7 @@ import numpy as np
 import keras_siglip as ks
 from keras_siglip.data import shapes
 
+QUICK = "--quick" in sys.argv[1:]
 PRESET = "siglip2_shapes_tiny"
 preprocessor = ks.models.SigLIPPreprocessor.from_preset(PRESET)
 pretrained = ks.models.SigLIPBackbone.from_preset(PRESET)
@@ -61,7 +66,7 @@ print(f"zero-shot top-1 over {len(labels)} labels before LiT: {before:.1%} (chan
 assert before < 5 * chance, f"a fresh text tower should be near chance, got {before:.1%}"
 
 # Train on image-caption pairs with the sigmoid loss (the backbone's `fit`).
-train = shapes.ShapesDataset(3000, seed=40).arrays()
+train = shapes.ShapesDataset(2000 if QUICK else 3000, seed=40).arrays()
 pairs = preprocessor({"images": train["images"], "texts": train["captions"]})
 pairs = {k: keras.ops.convert_to_numpy(v) for k, v in pairs.items()}
 epochs, batch_size, learning_rate = 3, 100, 1e-3

@@ -23,11 +23,15 @@ Here the encoder is the image tower of the shipped `siglip2_shapes_tiny`
 preset (a SigLIP 2 contrastive model); `LiTDecoder.from_preset` takes it,
 freezes it and adds a 2-block decoder. The tasks are mixed in `tf.data` by
 `ks.data.mix_tasks`; answers on held-out images are generated with the
-KV-cached decoder and scored by exact match. Runs offline.
+KV-cached decoder and scored by exact match. Runs offline. `--quick` leaves the
+reader out (about half the time; what CI runs on every backend, with the full
+guide in one backend's pass): with half the steps neither decoder learns what
+is asserted (count 66% against a majority of 53.5%, reading 5%).
 
-    python guides/lit_decoder.py
+    python guides/lit_decoder.py [--quick]
 """
 
+import sys
 import time
 
 import keras
@@ -36,6 +40,7 @@ import numpy as np
 import keras_siglip as ks
 from keras_siglip.data import shapes
 
+QUICK = "--quick" in sys.argv[1:]
 keras.utils.set_random_seed(0)
 model = ks.models.LiTDecoder.from_preset(
     "siglip2_shapes_tiny", decoder_width=96, decoder_depth=2, decoder_num_heads=4,
@@ -76,30 +81,35 @@ data = evaluation["caption"]
 for target, answer in zip(data["targets"][:3], model.answer(data["images"][:3], "caption")):
     print(f"  caption: {answer!r} (a training caption of the image's kind: {str(target)!r})")
 
-# Text reading: a second decoder on the same frozen encoder, trained on the read
-# task alone (every training image carries a number).
-reader = ks.models.LiTDecoder.from_preset(
-    "siglip2_shapes_tiny", decoder_width=96, decoder_depth=2, decoder_num_heads=4,
-    decoder_mlp_dim=192, sequence_length=32,
-)
-reading = ks.data.shapes_task_datasets(shapes.ShapesDataset(3000, seed=52, number_prob=1.0), "read")
-schedule = keras.optimizers.schedules.CosineDecay(
-    0.0, decay_steps=steps, warmup_target=2e-3, warmup_steps=steps // 10
-)
-reader.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4, global_clipnorm=1.0))
-start = time.time()
-reader.fit(ks.data.mix_tasks(reading, seed=1, batch_size=64), steps_per_epoch=steps // 3, epochs=3, verbose=0)
-data = ks.data.shapes_task_arrays(shapes.ShapesDataset(200, seed=53, number_prob=1.0), "read")
-read_accuracy = reader.answer_accuracy(data["images"], data["prompts"][0], data["targets"])
-answers = reader.answer(data["images"][:6], data["prompts"][0])
-print(f"\ntext reading ({steps} steps alone, {time.time() - start:.0f}s): {read_accuracy:.1%} of 200 held-out "
-      f"two-digit numbers read exactly (chance 1.1%); e.g. " + ", ".join(
-          f"{t} -> {a}" for t, a in zip(data["targets"][:6], answers)))
 
+def learn_to_read():
+    """Text reading: a second decoder on the same frozen encoder, trained on the
+    read task alone (every training image carries a number). Its held-out exact match."""
+    reader = ks.models.LiTDecoder.from_preset(
+        "siglip2_shapes_tiny", decoder_width=96, decoder_depth=2, decoder_num_heads=4,
+        decoder_mlp_dim=192, sequence_length=32,
+    )
+    reading = ks.data.shapes_task_datasets(shapes.ShapesDataset(3000, seed=52, number_prob=1.0), "read")
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=steps, warmup_target=2e-3, warmup_steps=steps // 10
+    )
+    reader.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=1e-4, global_clipnorm=1.0))
+    start = time.time()
+    reader.fit(ks.data.mix_tasks(reading, seed=1, batch_size=64), steps_per_epoch=steps // 3, epochs=3, verbose=0)
+    data = ks.data.shapes_task_arrays(shapes.ShapesDataset(200, seed=53, number_prob=1.0), "read")
+    read_accuracy = reader.answer_accuracy(data["images"], data["prompts"][0], data["targets"])
+    answers = reader.answer(data["images"][:6], data["prompts"][0])
+    print(f"\ntext reading ({steps} steps alone, {time.time() - start:.0f}s): {read_accuracy:.1%} of 200 held-out "
+          f"two-digit numbers read exactly (chance 1.1%); e.g. " + ", ".join(
+              f"{t} -> {a}" for t, a in zip(data["targets"][:6], answers)))
+    return read_accuracy
+
+
+read_accuracy = None if QUICK else learn_to_read()
 unchanged = all(np.array_equal(a, keras.ops.convert_to_numpy(b))
                 for a, b in zip(encoder_weights, encoder.weights))
 print(f"image encoder unchanged by training: {unchanged}")
 if not unchanged or any(accuracy < majority + 0.2 for accuracy, majority in results.values()):
     raise SystemExit("LiT-decoder did not learn every task (>= majority + 20 points).")
-if read_accuracy < 0.3:
+if read_accuracy is not None and read_accuracy < 0.3:
     raise SystemExit(f"The reader did not learn to read ({read_accuracy:.1%} < 30%).")

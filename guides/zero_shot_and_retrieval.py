@@ -11,6 +11,7 @@ from keras import ops
 
 import keras_siglip as ks
 from keras_siglip.data import shapes
+from keras_siglip.presets import SHIPPED_PRESETS, shipped_metadata
 
 PRESET = "siglip2_shapes_tiny"
 
@@ -31,6 +32,12 @@ accuracy = np.mean(probabilities.argmax(-1) == held_out["labels"])
 chance = 1 / len(labels)
 print(f"zero-shot top-1 over {len(labels)} labels: {accuracy:.1%} (chance {chance:.1%})")
 assert accuracy > 20 * chance, f"zero-shot top-1 {accuracy:.1%} is not far above chance {chance:.1%}"
+# The preset's card measured it on 500 other held-out images: the two agree within 4 standard
+# deviations of their difference (binomial), or the model, its weights or its preprocessing moved.
+card = shipped_metadata(SHIPPED_PRESETS[PRESET])["zero_shot_accuracy"]
+margin = 4 * np.sqrt(card * (1 - card) * (1 / 200 + 1 / 500))
+print(f"  the preset's card: {card:.1%} on 500 images (agreement asserted within {margin:.1%})")
+assert abs(accuracy - card) < margin, f"zero-shot top-1 {accuracy:.1%}, the card says {card:.1%}"
 for label, p in classifier.classify(held_out["images"][0], top_k=3)[0]:
     print(f"  {p:.3f}  {label}")
 
