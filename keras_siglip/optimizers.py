@@ -37,6 +37,19 @@ def warmup_cosine(learning_rate, total_steps=None, warmup_steps=0):
     )
 
 
+def _tensorflow_replica_context():
+    """The replica context of a TensorFlow strategy with several replicas (e.g.
+    inside `MirroredStrategy`'s train step), else None."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or not tf.distribute.has_strategy() or context.num_replicas_in_sync < 2:
+        return None
+    return context
+
+
 @keras.saving.register_keras_serializable(package="keras_siglip")
 class SigLIPAdamW(keras.optimizers.AdamW):
     """AdamW with the SigLIP papers' defaults and big_vision's semantics.
@@ -95,6 +108,24 @@ class SigLIPAdamW(keras.optimizers.AdamW):
         decayed = [v for v in variables if self._use_weight_decay(v)]
         if decayed:
             super()._apply_weight_decay(decayed)
+
+    def _clip_gradients(self, grads):
+        clipping = self.clipnorm or self.global_clipnorm or self.clipvalue
+        replicas = _tensorflow_replica_context() if clipping else None
+        if replicas is None:
+            return super()._clip_gradients(grads)
+        # Keras clips each replica's share of the gradient and sums the shares
+        # afterwards: with clipping active, N replicas train another model than one
+        # device. Clip the sum, and hand Keras each replica's 1/N of it to sum.
+        import tensorflow as tf
+
+        present = [i for i, grad in enumerate(grads) if grad is not None]
+        total = replicas.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in present])
+        clipped = super()._clip_gradients(total)
+        grads = list(grads)
+        for i, grad in zip(present, clipped):
+            grads[i] = grad / replicas.num_replicas_in_sync
+        return grads
 
     def get_config(self):
         config = super().get_config()
