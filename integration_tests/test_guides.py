@@ -1,8 +1,11 @@
-"""Every guide in guides/ runs to completion (offline, on shipped presets).
+"""Every guide in guides/ runs to completion on every backend (offline, on shipped
+presets) and asserts what it prints.
 
-The training guides take one to three minutes each; the API they use is unit-tested
-on every backend, so each of them runs in one backend's pass (chosen where it is
-quickest) to keep CI short. The rest run in every pass.
+A guide with a `--quick` option runs it here: smaller data or fewer steps, the same
+claims asserted (each guide's docstring gives both configurations and their numbers).
+Where the quick configuration leaves a claim out, one backend's pass runs the full guide.
+A guide that sets its backend itself (training_at_scale: JAX device meshes) runs in
+that backend's pass only.
 """
 
 import os
@@ -15,40 +18,33 @@ import pytest
 
 GUIDES = sorted(pathlib.Path(__file__).parent.parent.joinpath("guides").glob("*.py"))
 
-
-# Guide -> the one backend pass that runs it (measured: lit 39 / 31 / 120 s,
-# contrastive_finetune 68 / 78 / 163 s, image_classifier 50 / 45 / 23 s on jax / tf / torch;
-# lit_decoder 68 / 56 s on jax / torch, cappa 82 s, locca 94 s on jax; m4_balancing is numpy, 6 s;
-# fractal_analysis 21 / 12 / 10 s; three_towers ~110 / ~220 s CPU on jax / torch; pali_gemma_finetune
-# ~124 s CPU on jax, > 320 s on torch; lit_decoder with its reader ~120 s on torch; zero_shot_and_retrieval 48 s on jax under load).
-# siglip2_recipe, m4_balancing and fractal_analysis run in every pass.
-ONE_BACKEND = {
-    "lit.py": "jax", "contrastive_finetune.py": "tensorflow", "image_classifier.py": "torch",
-    "lit_decoder.py": "torch", "cappa.py": "jax", "locca.py": "jax",
-    "zero_shot_and_retrieval.py": "torch", "three_towers.py": "jax",
-    "pali_gemma_finetune.py": "jax",
-}
+# Guide -> the pass that runs its full configuration (the quick one leaves a claim out).
+FULL_IN = {"lit_decoder.py": "torch"}
 
 
 def pinned_backend(guide):
-    """The backend a guide sets for itself (e.g. JAX for device meshes), or the one
-    pass that runs it, or None (every pass)."""
-    if guide.name in ONE_BACKEND:
-        return ONE_BACKEND[guide.name]
+    """The backend a guide sets for itself, or None."""
     for backend in ("jax", "tensorflow", "torch"):
         if f'os.environ["KERAS_BACKEND"] = "{backend}"' in guide.read_text():
             return backend
     return None
 
 
+def guide_arguments(guide):
+    """`--quick` for a guide that has it, unless this pass runs its full configuration."""
+    if '"--quick"' not in guide.read_text() or FULL_IN.get(guide.name) == keras.backend.backend():
+        return []
+    return ["--quick"]
+
+
 def run_guide(guide):
     pinned = pinned_backend(guide)
     if pinned not in (None, keras.backend.backend()):
-        pytest.skip(f"{guide.name} runs in the {pinned} pass")
+        pytest.skip(f"{guide.name} sets its own backend, {pinned}")
     # One thread per guide, as each test worker has one core: torch's spinning threads fighting the
     # other worker took the recipe guide from ~1 to 10 minutes (233 s vs 609 s side by side).
     result = subprocess.run(
-        [sys.executable, str(guide)], capture_output=True, text=True, timeout=600,
+        [sys.executable, str(guide), *guide_arguments(guide)], capture_output=True, text=True, timeout=600,
         env={"OMP_NUM_THREADS": "1", **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
