@@ -44,10 +44,8 @@ def _tensorflow_replica_context():
         return None
     import tensorflow as tf
 
-    context = tf.distribute.get_replica_context()
-    if context is None or not tf.distribute.has_strategy() or context.num_replicas_in_sync < 2:
-        return None
-    return context
+    context = tf.distribute.get_replica_context()  # None in a cross-replica context
+    return context if context is not None and context.num_replicas_in_sync > 1 else None
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
