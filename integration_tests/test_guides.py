@@ -32,9 +32,11 @@ def run_guide(guide):
     assert 'os.environ["KERAS_BACKEND"] =' not in guide.read_text(), f"{guide.name} overrides the pass's backend"
     # One thread per guide, as each test worker has one core: torch's spinning threads fighting the
     # other worker took the recipe guide from ~1 to 10 minutes (233 s vs 609 s side by side).
+    # Guides train for minutes: they run with XLA's optimisations, which conftest turns off for tests.
+    xla_flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "").strip()
     result = subprocess.run(
         [sys.executable, str(guide), *guide_arguments(guide)], capture_output=True, text=True, timeout=600,
-        env={"OMP_NUM_THREADS": "1", **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={"OMP_NUM_THREADS": "1", **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_FLAGS": xla_flags},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip(), "a guide prints what it shows"
