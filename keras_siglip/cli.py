@@ -7,6 +7,9 @@
     keras-siglip export PRESET OUT --format saved_model|litert|onnx [--towers image,text]
                         [--input images|naflex] [--max-num-patches N] [--quantize MODE] [--overwrite]
     keras-siglip demo [--preset P] [--out demo.png]
+    keras-siglip index DIR [--preset P] [--naflex N] [-o INDEX]
+    keras-siglip search INDEX_OR_DIR "a red car at night" | --image QUERY.jpg [-k 20]
+    keras-siglip dedup INDEX_OR_DIR [--threshold 0.95]
 
 Results go to standard output, progress and messages to standard error. An
 expected failure (a bad file, path or argument, a checkpoint that does not fit)
@@ -218,6 +221,46 @@ def cmd_demo(args):
     print(f"Wrote {out}")
 
 
+def cmd_index(args):
+    from keras_siglip.search import ImageIndex
+
+    index, report = ImageIndex.update(args.folder, index_path=args.out, preset=args.preset,
+                                      max_num_patches=args.naflex, batch_size=args.batch_size)
+    for path, reason in report.skipped:
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    print(f"{index.path}: {len(index)} images ({report})")
+
+
+def cmd_search(args):
+    from keras_siglip.search import ImageIndex
+
+    if (args.text is None) == (args.image is None):
+        raise CLIError("give a TEXT to search for or --image QUERY (one of the two)")
+    with ImageIndex(args.index) as index:
+        _note_stale(index)
+        for path, score in index.search(text=args.text, image=args.image, k=args.k):
+            print(f"{score:.4f}\t{path}")
+
+
+def cmd_dedup(args):
+    from keras_siglip.search import ImageIndex
+
+    with ImageIndex(args.index) as index:
+        _note_stale(index)
+        groups = index.duplicates(threshold=args.threshold)
+        print(f"{len(groups)} groups of near duplicates among {len(index)} images "
+              f"(cosine similarity >= {args.threshold})", file=sys.stderr)
+    for number, group in enumerate(groups):
+        print("\n".join(([""] if number else []) + group))
+
+
+def _note_stale(index):
+    changed = index.stale()
+    if changed:
+        print(f"note: {changed} files under {index.root} changed since the index was updated; "
+              f"`{PROG} index {index.root}` brings it up to date", file=sys.stderr)
+
+
 def cmd_convert(args):
     from keras_siglip import convert
     from keras_siglip.utils.memory import return_freed_tensors_to_the_system
@@ -293,6 +336,16 @@ def _template(text):
     if text.count("{}") != 1:
         raise argparse.ArgumentTypeError(f"a template needs exactly one '{{}}' for the label; got {text!r}")
     return text
+
+
+def _similarity(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine similarity threshold lies in (0, 1]; got {value}")
+    return value
 
 
 def _npy_path(text):
@@ -380,6 +433,32 @@ def build_parser():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default="keras_siglip_demo.png")
     p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("index", help="embed every image under a folder into an index (only new or changed "
+                                     "files on later runs)")
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("-o", "--out", default=None, metavar="INDEX",
+                   help="the index file (default: DIR/.keras_siglip_index.sqlite)")
+    p.add_argument("--preset", default=None,
+                   help=f"a SigLIP preset (default: the index's own, or {DEFAULT_PRESET} for a new index)")
+    p.add_argument("--naflex", type=_positive_int, default=None, metavar="N",
+                   help="NaFlex presets: patches per image (default: the preset's)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.set_defaults(run=cmd_index)
+
+    p = sub.add_parser("search", help="rank an index's images by a text (sigmoid probability) or an image "
+                                      "(cosine similarity)")
+    p.add_argument("index", metavar="INDEX_OR_DIR", help="an index file, or a folder with its default index")
+    p.add_argument("text", nargs="?", default=None, metavar="TEXT", type=_label)
+    p.add_argument("--image", default=None, metavar="QUERY", help="an image file to search by instead of a text")
+    p.add_argument("-k", type=_positive_int, default=20, help="results shown (default 20)")
+    p.set_defaults(run=cmd_search)
+
+    p = sub.add_parser("dedup", help="list groups of near-duplicate images in an index")
+    p.add_argument("index", metavar="INDEX_OR_DIR", help="an index file, or a folder with its default index")
+    p.add_argument("--threshold", type=_similarity, default=0.95,
+                   help="cosine similarity that makes two images near duplicates (default 0.95)")
+    p.set_defaults(run=cmd_dedup)
     return parser
 
 
