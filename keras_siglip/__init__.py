@@ -9,8 +9,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "analysis", "callbacks", "convert", "data", "distribution", "layers", "losses", "metrics", "models",
-    "optimizers", "plots", "transfer",
+    "analysis", "callbacks", "convert", "data", "distribution", "evaluate", "layers", "losses", "metrics",
+    "models", "optimizers", "plots", "search", "transfer",
 )
 
 

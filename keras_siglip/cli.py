@@ -10,6 +10,8 @@
     keras-siglip index DIR [--preset P] [--naflex N] [-o INDEX]
     keras-siglip search INDEX_OR_DIR "a red car at night" | --image QUERY.jpg [-k 20]
     keras-siglip dedup INDEX_OR_DIR [--threshold 0.95]
+    keras-siglip eval zero-shot --data DIR [--preset P] [--class-names FILE] [--templates clip_paper | T ...]
+    keras-siglip eval retrieval --images DIR --captions captions.json [--preset P]
 
 Results go to standard output, progress and messages to standard error. An
 expected failure (a bad file, path or argument, a checkpoint that does not fit)
@@ -261,6 +263,29 @@ def _note_stale(index):
               f"`{PROG} index {index.root}` brings it up to date", file=sys.stderr)
 
 
+def cmd_eval_zero_shot(args):
+    from keras_siglip import evaluate
+
+    # One word without a slot names a template set.
+    templates = args.templates[0] if len(args.templates) == 1 and "{}" not in args.templates[0] else args.templates
+    result = evaluate.zero_shot(args.data, preset=args.preset, class_names=args.class_names, templates=templates,
+                                batch_size=args.batch_size, max_num_patches=args.naflex)
+    print(f"{result['num_images']} images, {result['num_classes']} classes, {result['num_templates']} templates")
+    print(f"top-1 {result['top1']:.2%}")
+    print(f"top-{min(5, result['num_classes'])} {result['top5']:.2%}")
+
+
+def cmd_eval_retrieval(args):
+    from keras_siglip import evaluate
+
+    result = evaluate.retrieval(args.images, args.captions, preset=args.preset, batch_size=args.batch_size,
+                                max_num_patches=args.naflex)
+    print(f"{result['num_images']} images, {result['num_captions']} captions")
+    for direction in ("image_to_text", "text_to_image"):
+        print(f"{direction.replace('_', ' '):14s} " + "  ".join(
+            f"R@{k} {value:.2%}" for k, value in result[direction].items()))
+
+
 def cmd_convert(args):
     from keras_siglip import convert
     from keras_siglip.utils.memory import return_freed_tensors_to_the_system
@@ -459,6 +484,27 @@ def build_parser():
     p.add_argument("--threshold", type=_similarity, default=0.95,
                    help="cosine similarity that makes two images near duplicates (default 0.95)")
     p.set_defaults(run=cmd_dedup)
+
+    p = sub.add_parser("eval", help="zero-shot accuracy on class folders, retrieval recall on COCO captions")
+    evals = p.add_subparsers(dest="evaluation", required=True)
+    e = evals.add_parser("zero-shot", help="top-1 / top-5 on an ImageFolder layout (DIR/CLASS/IMAGE)")
+    e.add_argument("--data", required=True, metavar="DIR")
+    e.add_argument("--class-names", default=None, metavar="FILE",
+                   help="class names: JSON {folder: name}, or one per line in sorted folder order "
+                        "(default: the folder names)")
+    e.add_argument("--templates", nargs="+", default=["clip_paper"], metavar="T",
+                   help="a template set (clip_paper: the CLIP paper's 80 and the bare name, as big_vision; "
+                        "clip_best; class_name_only) or templates with one {} each")
+    e.set_defaults(run=cmd_eval_zero_shot)
+    r = evals.add_parser("retrieval", help="Recall@1/5/10 both ways on a COCO captions layout")
+    r.add_argument("--images", required=True, metavar="DIR", help="the folder the file names are relative to")
+    r.add_argument("--captions", required=True, metavar="FILE", help="COCO captions JSON (images, annotations)")
+    r.set_defaults(run=cmd_eval_retrieval)
+    for evaluation in (e, r):
+        evaluation.add_argument("--preset", default=DEFAULT_PRESET)
+        evaluation.add_argument("--naflex", type=_positive_int, default=None, metavar="N",
+                                help="NaFlex presets: patches per image (default: the preset's)")
+        evaluation.add_argument("--batch-size", type=_positive_int, default=32)
     return parser
 
 

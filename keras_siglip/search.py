@@ -134,7 +134,7 @@ def compile_by_default(num_images, batch_size):
     return -(-num_images // batch_size) >= _COMPILE_AFTER_BATCHES.get(keras.config.backend(), 0)
 
 
-class _Model:
+class Embedder:
     """A preset's two towers as the index uses them: image and text embeddings,
     temperature and bias. `compiled`: the image tower runs compiled (indexing
     many batches; one compilation, as batches are padded to `batch_size`),
@@ -165,6 +165,7 @@ class _Model:
         eager_text = keras.config.backend() != "jax"  # JAX runs eagerly op by op, compiling each op
         self._text_forward = (lambda x: text(x, training=False)) if eager_text else compiled_forward(text)
         self._normalize = lambda x: ops.convert_to_numpy(l2_normalize(x)).astype(np.float32)
+        self.embedding_dim = self.backbone.embedding_dim
         self.temperature = float(ops.convert_to_numpy(self.backbone.temperature))
         self.bias = float(ops.convert_to_numpy(self.backbone.bias))
 
@@ -179,6 +180,21 @@ class _Model:
 
     def probe(self):
         return self.embed_texts([_PROBE_TEXT])[0]
+
+    def embed_files(self, paths, progress=True):
+        """Image files -> `(N, D)` embeddings, `batch_size` at a time; an unreadable
+        file raises `ImageReadError` naming it."""
+        from tqdm.auto import tqdm
+
+        from keras_siglip.utils.images import read_image
+
+        chunks = [np.zeros((0, self.embedding_dim), np.float32)]
+        with tqdm(total=len(paths), unit="image", desc="embedding", disable=not progress, file=sys.stderr) as bar:
+            for start in range(0, len(paths), self.batch_size):
+                batch = paths[start:start + self.batch_size]
+                chunks.append(self.embed_images([read_image(p) for p in batch]))
+                bar.update(len(batch))
+        return np.concatenate(chunks)
 
     def embed_images(self, images):
         """uint8 images of any sizes (at most `batch_size`) -> `(N, D)` embeddings."""
@@ -285,7 +301,7 @@ class ImageIndex:
         def model(todo=0):  # loaded when there is something to embed (or a new index to describe)
             if not models:
                 use_compiled = compile_by_default(todo, batch_size) if compiled is None else compiled
-                models.append(_Model(preset, max_num_patches, batch_size, compiled=use_compiled))
+                models.append(Embedder(preset, max_num_patches, batch_size, compiled=use_compiled))
                 if meta is not None:
                     _check_model(meta, models[0], index_path)
             return models[0]
@@ -321,7 +337,7 @@ class ImageIndex:
     def model(self):
         """The index's model, loaded on first use and checked to be the one that built it."""
         if self._model is None:
-            model = _Model(self.preset, self.max_num_patches, self.batch_size,
+            model = Embedder(self.preset, self.max_num_patches, self.batch_size,
                            compiled=compile_by_default(1, self.batch_size))
             _check_model(self._meta, model, self.path)
             self._model = model

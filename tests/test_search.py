@@ -111,8 +111,8 @@ def test_an_update_embeds_exactly_the_new_and_changed_files_and_equals_a_fresh_i
     (folder / "broken.jpg").touch()  # unchanged content, new time: tried again, still unreadable
 
     embedded = []
-    original = search._Model.embed_images
-    monkeypatch.setattr(search._Model, "embed_images",
+    original = search.Embedder.embed_images
+    monkeypatch.setattr(search.Embedder, "embed_images",
                         lambda self, images: embedded.extend(images) or original(self, images))
     # Compiled here, eagerly for the fresh index below: the same embeddings either way.
     index, report = search.ImageIndex.update(folder, batch_size=16, progress=False, compiled=True)
