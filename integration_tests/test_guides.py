@@ -28,7 +28,7 @@ def guide_arguments(guide):
     return ["--quick"]
 
 
-def run_guide(guide):
+def run_guide(guide, tmp_path):
     assert 'os.environ["KERAS_BACKEND"] =' not in guide.read_text(), f"{guide.name} overrides the pass's backend"
     # One thread per guide, as each test worker has one core: torch's spinning threads fighting the
     # other worker took the recipe guide from ~1 to 10 minutes (233 s vs 609 s side by side).
@@ -36,7 +36,9 @@ def run_guide(guide):
     xla_flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "").strip()
     result = subprocess.run(
         [sys.executable, str(guide), *guide_arguments(guide)], capture_output=True, text=True, timeout=600,
-        env={"OMP_NUM_THREADS": "1", **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_FLAGS": xla_flags},
+        # TMPDIR: the plots and files a guide keeps for its reader go where pytest cleans up.
+        env={"OMP_NUM_THREADS": "1", **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "XLA_FLAGS": xla_flags,
+             "TMPDIR": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip(), "a guide prints what it shows"
@@ -46,8 +48,8 @@ def run_guide(guide):
 # guides (one to three minutes each) spread over the workers instead of queueing on one.
 def guide_class(guide):
     @pytest.mark.slow
-    def test_runs(self):
-        run_guide(guide)
+    def test_runs(self, tmp_path):
+        run_guide(guide, tmp_path)
 
     name = "TestGuide_" + guide.stem
     return name, type(name, (), {"test_runs": test_runs,

@@ -368,7 +368,7 @@ class ImageIndex:
             if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[-1] != 3:
                 raise ValueError(f"a query image must be uint8 (H, W, 3); got {pixels.dtype} {pixels.shape}.")
             scores = matrix @ model.embed_images([pixels])[0]
-        order = _ranking(scores)[:k]
+        order = _ranking(scores, k)
         return [(paths[i], float(scores[i])) for i in order]
 
     def duplicates(self, threshold=0.95, block_size=4096):
@@ -411,9 +411,15 @@ class ImageIndex:
         return _read_meta(self._connection, self.path)
 
 
-def _ranking(scores):
-    """Indices by score descending; equal scores keep the (path) order of the rows."""
-    return np.argsort(-scores, kind="stable")
+def _ranking(scores, k):
+    """The indices of the `k` best scores, best first; equal scores keep the (path)
+    order of the rows. A partition finds the k-th best score, and only the rows at
+    least as good (ties at the boundary included) are sorted."""
+    if k >= len(scores):
+        return np.argsort(-scores, kind="stable")
+    kth_best = -np.partition(-scores, k - 1)[k - 1]
+    candidates = np.flatnonzero(scores >= kth_best)
+    return candidates[np.argsort(-scores[candidates], kind="stable")][:k]
 
 
 def _is_local_path(preset):

@@ -304,3 +304,15 @@ def test_command_line(photos, capsys, tmp_path):
         with pytest.raises(SystemExit) as exit_info:
             run_cli(capsys, *args)
         assert exit_info.value.code == 2
+
+
+def test_top_k_with_ties_is_the_stable_sort():
+    """The partial ranking (partition, then sorting the rows at least as good as the
+    k-th) equals a full stable sort, ties at the boundary included."""
+    from keras_siglip.search import _ranking
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        scores = rng.integers(0, 4, int(rng.integers(1, 50))).astype(np.float32)  # many ties
+        k = int(rng.integers(1, 60))
+        np.testing.assert_array_equal(_ranking(scores, k), np.argsort(-scores, kind="stable")[:k])
