@@ -1,6 +1,8 @@
 from setuptools import find_packages, setup
 
 EXPORT = ["onnx>=1.23,<2", "onnxruntime>=1.32,<2", "tf2onnx>=1.17,<2", "ai-edge-litert>=2.3,<3"]
+# `keras-siglip serve`: FastAPI on uvicorn (multipart: image uploads).
+SERVE = ["fastapi>=0.163,<1", "uvicorn>=0.54,<1", "python-multipart>=0.0.34,<0.1"]
 
 setup(
     name="keras-siglip",
@@ -40,6 +42,7 @@ setup(
         "orbax": ["orbax-checkpoint>=0.12.8,<0.13"],
         # `keras-siglip export` to ONNX (tf2onnx) and running exports (onnxruntime, LiteRT).
         "export": EXPORT,
+        "serve": SERVE,
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.8,<4",
@@ -48,6 +51,9 @@ setup(
             "transformers>=5.23,<6",
             "orbax-checkpoint>=0.12.8,<0.13",
             *EXPORT,
+            *SERVE,
+            "httpx>=0.28,<1",  # FastAPI's test client
+            "selenium>=4.45,<5",  # the web app in a real (headless Chromium) browser
         ],
     },
     entry_points={"console_scripts": ["keras-siglip=keras_siglip.cli:main"]},

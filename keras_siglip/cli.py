@@ -12,6 +12,7 @@
     keras-siglip dedup INDEX_OR_DIR [--threshold 0.95]
     keras-siglip eval zero-shot --data DIR [--preset P] [--class-names FILE] [--templates clip_paper | T ...]
     keras-siglip eval retrieval --images DIR --captions captions.json [--preset P]
+    keras-siglip serve [--preset P] [--index INDEX_OR_DIR] [--host 127.0.0.1] [--port 8000]
 
 Results go to standard output, progress and messages to standard error. An
 expected failure (a bad file, path or argument, a checkpoint that does not fit)
@@ -286,6 +287,20 @@ def cmd_eval_retrieval(args):
             f"R@{k} {value:.2%}" for k, value in result[direction].items()))
 
 
+def cmd_serve(args):
+    from keras_siglip.serve import serve
+
+    preset = args.preset if args.preset or args.index else DEFAULT_PRESET
+    serve(preset, args.index, host=args.host, port=args.port)
+
+
+def _port(text):
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port lies in 1..65535; got {value}")
+    return value
+
+
 def cmd_convert(args):
     from keras_siglip import convert
     from keras_siglip.utils.memory import return_freed_tensors_to_the_system
@@ -500,6 +515,15 @@ def build_parser():
     r.add_argument("--images", required=True, metavar="DIR", help="the folder the file names are relative to")
     r.add_argument("--captions", required=True, metavar="FILE", help="COCO captions JSON (images, annotations)")
     r.set_defaults(run=cmd_eval_retrieval)
+    p = sub.add_parser("serve", help="a local web app: zero-shot labels for an uploaded image, text search of "
+                                     "an index (needs keras-siglip[serve])")
+    p.add_argument("--preset", default=None, help=f"default: the index's, or {DEFAULT_PRESET}")
+    p.add_argument("--index", default=None, metavar="INDEX_OR_DIR", help="an index (see `index`) to search")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
+                                                       "machine only)")
+    p.add_argument("--port", type=_port, default=8000)
+    p.set_defaults(run=cmd_serve)
+
     for evaluation in (e, r):
         evaluation.add_argument("--preset", default=DEFAULT_PRESET)
         evaluation.add_argument("--naflex", type=_positive_int, default=None, metavar="N",

@@ -191,3 +191,30 @@ def assert_one_line_error(status, err, *words):
     assert "Traceback" not in err
     for word in words:
         assert word in err, err
+
+
+# === Images ===
+
+
+def shapes_image(name, seed=0):
+    """A 64 px image of one shape of class `name`, drawn by the data generator."""
+    import numpy as np
+
+    from keras_siglip.data import shapes
+
+    rng = np.random.default_rng(seed)
+    attrs = shapes.sample_attributes(rng)
+    while shapes.class_label(attrs) != name or attrs.count != 1:
+        attrs = shapes.sample_attributes(rng)
+    return shapes.render(attrs, rng, 64, 64)[0]
+
+
+def png(image):
+    """uint8 `(H, W, 3)` -> PNG file bytes."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
