@@ -185,11 +185,12 @@ def zero_shot(data_dir, preset="siglip2_shapes_tiny", class_names=None, template
         `predictions` (`(N,)` int) with `labels`.
     """
     from keras_siglip.models.siglip.siglip_zero_shot_classifier import class_text_embeddings
-    from keras_siglip.search import Embedder
+    from keras_siglip.search import Embedder, compile_by_default
 
     paths, labels, names = image_folder(data_dir, class_names)
     templates = templates_from(templates)
-    embedder = embedder or Embedder(preset, max_num_patches, batch_size, compiled=_compile(len(paths), batch_size))
+    embedder = embedder or Embedder(preset, max_num_patches, batch_size,
+                                    compiled=compile_by_default(len(paths), batch_size))
     classes = class_text_embeddings(embedder.backbone, embedder.preprocessor, [canonicalize(n) for n in names],
                                     templates)
     scores = embedder.embed_files(paths, progress) @ classes.T
@@ -208,22 +209,13 @@ def retrieval(images_dir, captions_file, preset="siglip2_shapes_tiny", batch_siz
         dict: `image_to_text` and `text_to_image` (`{k: recall}`),
         `num_images`, `num_captions`.
     """
-    from keras import ops
-
     from keras_siglip.metrics import retrieval_recall
-    from keras_siglip.search import Embedder
+    from keras_siglip.search import Embedder, compile_by_default
 
     paths, captions, owners = coco_captions(images_dir, captions_file)
-    embedder = embedder or Embedder(preset, max_num_patches, batch_size, compiled=_compile(len(paths), batch_size))
-    texts = []
-    for start in range(0, len(captions), 256):
-        token_ids = embedder.preprocessor.pack_texts(captions[start:start + 256])
-        texts.append(ops.convert_to_numpy(embedder.backbone.encode_texts(token_ids)))
-    recall = retrieval_recall(embedder.embed_files(paths, progress), np.concatenate(texts), owners, ks)
+    embedder = embedder or Embedder(preset, max_num_patches, batch_size,
+                                    compiled=compile_by_default(len(paths), batch_size))
+    texts = np.concatenate([embedder.embed_texts(captions[i:i + 256]) for i in range(0, len(captions), 256)])
+    recall = retrieval_recall(embedder.embed_files(paths, progress), texts, owners, ks)
     return {**recall, "num_images": len(paths), "num_captions": len(captions)}
 
-
-def _compile(num_images, batch_size):
-    from keras_siglip.search import compile_by_default
-
-    return compile_by_default(num_images, batch_size)

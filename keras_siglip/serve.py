@@ -22,6 +22,7 @@ Bad input (not an image, no labels, a template without `{}`) is a 400 with
 
 import html
 import io
+import os
 import socket
 import threading
 
@@ -105,7 +106,7 @@ def create_app(preset, index=None):
             hits = index.search(q, k=k)
         paths = index.embeddings()[0]
         position = {p: i for i, p in enumerate(paths)}
-        return {"results": [{"path": _relative(p, index.root), "score": s,
+        return {"results": [{"path": os.path.relpath(p, index.root), "score": s,
                              "thumbnail": f"/api/thumbnail/{position[p]}"} for p, s in hits]}
 
     @app.get("/api/thumbnail/{number}")
@@ -131,7 +132,6 @@ def create_app(preset, index=None):
 
 def _decode(data, name):
     """Uploaded bytes -> uint8 RGB array, through the package's one file reader."""
-    import os
     import tempfile
 
     from keras_siglip.utils.images import read_image
@@ -144,12 +144,6 @@ def _decode(data, name):
             return read_image(f.name)
         except ValueError as problem:
             raise ValueError(str(problem).replace(f.name, repr(name or "the upload"))) from None
-
-
-def _relative(path, root):
-    import os
-
-    return os.path.relpath(path, root)
 
 
 def serve(preset=None, index=None, host="127.0.0.1", port=8000):
