@@ -515,9 +515,11 @@ def build_parser():
     r.add_argument("--images", required=True, metavar="DIR", help="the folder the file names are relative to")
     r.add_argument("--captions", required=True, metavar="FILE", help="COCO captions JSON (images, annotations)")
     r.set_defaults(run=cmd_eval_retrieval)
-    p = sub.add_parser("serve", help="a local web app: zero-shot labels for an uploaded image, text search of "
-                                     "an index (needs keras-siglip[serve])")
-    p.add_argument("--preset", default=None, help=f"default: the index's, or {DEFAULT_PRESET}")
+    p = sub.add_parser("serve", help="a local web app: zero-shot labels and index search (SigLIP presets), "
+                                     "captions and boxes (CapPa, LocCa, LiT-decoder, PaliGemma presets); needs "
+                                     "keras-siglip[serve]")
+    p.add_argument("--preset", default=None, help=f"default: the index's, or {DEFAULT_PRESET}; a captioner or "
+                                                  "PaliGemma preset captions and detects instead")
     p.add_argument("--index", default=None, metavar="INDEX_OR_DIR", help="an index (see `index`) to search")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this "
                                                        "machine only)")

@@ -218,3 +218,56 @@ def png(image):
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def tiny_captioner_preset(path, locca=True, seed=0):
+    """Saves a tiny LocCa (or, with `locca=False`, CapPa) captioner with random
+    (perturbed) weights to the preset folder `path`: 32 px images, a T5-layout
+    word vocabulary."""
+    import keras
+
+    from keras_siglip.models import (
+        CapPaBackbone, CapPaCaptioner, CapPaPreprocessor, LocCaCaptioner, LocCaPreprocessor, SigLIPImageConverter,
+        SigLIPTokenizer,
+    )
+
+    preprocessor_class, task_class = (LocCaPreprocessor, LocCaCaptioner) if locca else (CapPaPreprocessor,
+                                                                                      CapPaCaptioner)
+    preprocessor = preprocessor_class(SigLIPTokenizer(train_sentencepiece("t5")),
+                                      SigLIPImageConverter(image_size=(32, 32)), sequence_length=12)
+    vocabulary_size = preprocessor.vocabulary_size if locca else preprocessor.tokenizer.vocabulary_size()
+    keras.utils.set_random_seed(seed)
+    backbone = CapPaBackbone(
+        vocabulary_size=vocabulary_size, patch_size=8, width=32, depth=1, num_heads=2,
+        mlp_dim=64, image_size=32, max_length=12, decoder_depth=1,
+    )
+    perturb(backbone, np.random.default_rng(seed))
+    model = task_class(backbone, preprocessor)
+    model.save_to_preset(str(path))
+    return model
+
+
+def tiny_pali_gemma_preset(path, seed=0):
+    """Saves a tiny PaliGemma (Gemma 1 decoder, 16 px images) with random
+    (perturbed) weights and its preprocessor to the preset folder `path`."""
+    import keras
+
+    from keras_siglip.models import (
+        PaliGemmaBackbone, PaliGemmaCausalLM, PaliGemmaCausalLMPreprocessor, PaliGemmaImageConverter,
+        PaliGemmaTokenizer,
+    )
+
+    tokenizer = PaliGemmaTokenizer.from_texts(["caption en", "detect a red circle ; two blue squares"] * 8,
+                                             vocabulary_size=1500)
+    keras.utils.set_random_seed(seed)
+    backbone = PaliGemmaBackbone(
+        vocabulary_size=tokenizer.vocabulary_size(), image_size=16, num_layers=1, num_query_heads=2,
+        num_key_value_heads=1, hidden_dim=16, intermediate_dim=32, head_dim=8, vit_patch_size=8,
+        vit_hidden_dim=16, vit_num_layers=1, vit_num_heads=2, vit_intermediate_dim=32,
+    )
+    perturb(backbone, np.random.default_rng(seed))
+    preprocessor = PaliGemmaCausalLMPreprocessor(tokenizer, PaliGemmaImageConverter(image_size=(16, 16)),
+                                                 sequence_length=12)
+    model = PaliGemmaCausalLM(backbone, preprocessor=preprocessor)
+    model.save_to_preset(str(path))
+    return model
