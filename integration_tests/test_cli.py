@@ -69,7 +69,9 @@ def test_demo_reports_accuracy_and_writes_a_picture(tmp_path, capsys):
     cli.main(["demo", "--num-images", "96", "--out", str(out)])
     text = capsys.readouterr().out
     accuracy = float(text.split("labels): ")[1].split("%")[0]) / 100
-    assert accuracy > 0.8, text  # the shipped model is trained to > 90% on this task
+    true_probability = float(text.split("true label ")[1].split()[0])
+    # Chance is 1/48; the shipped model's card: 99.0% and 0.89 on 500 held-out images (this is their first 96).
+    assert accuracy >= 0.95 and true_probability > 0.75, text
     assert Image.open(out).size[0] > 100
 
 

@@ -212,8 +212,9 @@ def cmd_demo(args):
     probabilities = classifier.predict(data["images"], batch_size=100, verbose=0)
     predicted = np.argmax(probabilities, axis=-1)
     accuracy = float(np.mean(predicted == data["labels"]))
+    true_probability = float(np.mean(np.take_along_axis(probabilities, data["labels"][:, None], -1)))
     print(f"Zero-shot accuracy on {args.num_images} held-out shapes images "
-          f"({len(names)} labels): {accuracy:.1%}")
+          f"({len(names)} labels): {accuracy:.1%}; mean probability of the true label {true_probability:.2f}")
     shown = min(args.num_images, 24)
     prediction_grid(
         data["images"][:shown],

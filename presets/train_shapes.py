@@ -1,13 +1,17 @@
 """Train the shipped `siglip2_shapes_tiny` preset on the procedural shapes data set.
 
-    python -m keras_siglip.presets.train_shapes [--out DIR] [--stages N]
+    python -m keras_siglip.presets.train_shapes [--out DIR] [--stages N] [--resume PRESET]
 
-(About an hour on 2 CPU cores with JAX; each stage prints its held-out accuracy.)
+(About 80 minutes on 2 CPU cores with JAX; each stage prints its held-out
+accuracy and calibration. `--resume` continues a preset saved after the first
+stages with the rest.)
 
 A SigLIP 2-style model (Gemma-style special tokens: pad 0, EOS 1, no BOS; text
 padded with <pad>) with a SentencePiece vocabulary trained on the captions,
 trained from scratch with `fit` and the sigmoid loss (t = log 10, b = -10), then
 evaluated zero-shot on held-out images (another seed) with colour + shape labels.
+The last stages label every caption that is true of an image as a positive
+pair (`pair_labels`), not only the image's own caption.
 """
 
 import argparse
@@ -71,11 +75,23 @@ def build_backbone(vocabulary_size, patch_size=6):
     return SigLIPBackbone(vision, text, temperature_init=10.0, bias_init=-10.0)
 
 
-def zero_shot_accuracy(backbone, preprocessor, num_images=500, seed=EVAL_SEED):
-    """Top-1 accuracy over the 48 colour x shape labels on held-out images.
+def expected_calibration_error(confidence, correct, num_bins=15):
+    """ECE of top-1 predictions: the |accuracy - mean confidence| of each of
+    `num_bins` equal-width confidence bins, weighted by the bin's share."""
+    bins = np.minimum((np.asarray(confidence) * num_bins).astype(int), num_bins - 1)
+    gaps = [abs(correct[bins == k].mean() - confidence[bins == k].mean()) * np.mean(bins == k)
+            for k in range(num_bins) if np.any(bins == k)]
+    return float(np.sum(gaps))
 
-    Returns `{"all", "single_shape", "multi_shape"}`: the prompts are singular
-    ("a photo of a red circle"), which fits images of one shape best.
+
+def zero_shot_accuracy(backbone, preprocessor, num_images=500, seed=EVAL_SEED):
+    """Top-1 accuracy and calibration over the 48 colour x shape labels on held-out images.
+
+    Returns `{"all", "single_shape", "multi_shape"}` accuracies (the prompts
+    are singular, "a photo of a red circle", also for images of two or three
+    shapes), `"mean_correct_probability"` (the sigmoid probability the model
+    gives each image's true label) and `"calibration_error"` (ECE of the top-1
+    probability, 15 bins).
     """
     names = shapes.class_names()
     classifier = SigLIPZeroShotClassifier(
@@ -92,16 +108,90 @@ def zero_shot_accuracy(backbone, preprocessor, num_images=500, seed=EVAL_SEED):
         "all": float(correct.mean()),
         "single_shape": float(correct[single].mean()),
         "multi_shape": float(correct[~single].mean()),
+        "mean_correct_probability": float(np.take_along_axis(
+            probabilities, held_out["labels"][:, None], -1).mean()),
+        "calibration_error": expected_calibration_error(probabilities.max(-1), correct),
     }
 
 
-# The recipe that produced the shipped preset: a from-scratch stage, then two
+# Attribute columns of `attribute_table`; -1 marks one a caption leaves out.
+_ATTRIBUTES = (("color", shapes.COLORS), ("shape", shapes.SHAPES), ("count", (1, 2, 3)),
+               ("size", shapes.SIZES), ("position", shapes.POSITIONS),
+               ("background", shapes.BACKGROUNDS))
+
+
+def attribute_table(dataset):
+    """`(images, captions)`: int32 `(N, 6)` attribute ids of each image and of
+    what its caption says (colour, shape, count, size, position, background;
+    -1 where the caption does not say it). Captions always name the colour,
+    shape and count."""
+    images = np.empty((len(dataset), len(_ATTRIBUTES)), np.int32)
+    captions = np.empty_like(images)
+    for i in range(len(dataset)):
+        example = dataset[i]
+        attrs, text = example["attributes"], example["caption"]
+        mentioned = {
+            "color": True, "shape": True, "count": True,
+            "size": attrs.size in text.split(),
+            "position": any(p in text for p in shapes.position_phrases(attrs.position)),
+            "background": "background" in text,
+        }
+        for k, (name, values) in enumerate(_ATTRIBUTES):
+            images[i, k] = values.index(getattr(attrs, name))
+            captions[i, k] = images[i, k] if mentioned[name] else -1
+    return images, captions
+
+
+def pair_labels(image_attributes, caption_attributes):
+    """`(B, B)` sigmoid-loss labels: +1 where caption j is true of image i, else -1.
+
+    A caption is true of an image when every attribute it names matches; a
+    singular caption ("a red circle") is also true of an image of two or three
+    red circles. With 48 labels a batch of 128 holds many captions true of
+    several images: scoring those pairs as negatives (the plain diagonal
+    labels) teaches the model to give a correct label a low probability."""
+    i, j = image_attributes[:, None, :], caption_attributes[None, :, :]
+    count = 2
+    agree = (j < 0) | (i == j)
+    agree[..., count] |= j[..., count] == 0  # a singular caption: any count
+    return np.where(agree.all(-1), 1.0, -1.0).astype("float32")
+
+
+class MatchingBatches(keras.utils.PyDataset):
+    """Shuffled batches `(x, y)` of preprocessed pairs with `pair_labels` as `y`."""
+
+    def __init__(self, x, image_attributes, caption_attributes, batch_size, seed):
+        super().__init__()
+        self.x, self.batch_size = x, batch_size
+        self.image_attributes, self.caption_attributes = image_attributes, caption_attributes
+        self.rng = np.random.default_rng(seed)
+        self.on_epoch_end()
+
+    def __len__(self):
+        return len(self.order) // self.batch_size
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(len(self.image_attributes))
+
+    def __getitem__(self, index):
+        rows = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        x = {k: v[rows] for k, v in self.x.items()}
+        return x, pair_labels(self.image_attributes[rows], self.caption_attributes[rows])
+
+
+# The recipe that produced the shipped preset: a from-scratch stage, then
 # continuation stages on fresh images (other seeds) with smaller batches and
-# learning rates. Each stage has its own warmup + cosine schedule.
+# learning rates; the last two score every caption that is true of an image as
+# a positive. Each stage has its own warmup + cosine schedule.
 RECIPE = (
     dict(seed=0, num_train=60_000, epochs=8, batch_size=256, learning_rate=1.5e-3),
     dict(seed=2, num_train=60_000, epochs=4, batch_size=128, learning_rate=1e-3),
     dict(seed=3, num_train=60_000, epochs=3, batch_size=128, learning_rate=5e-4),
+    # Every caption true of an image is a positive pair (`pair_labels`): 87.6% ->
+    # 98.6% -> 99.0% held-out accuracy, the true label's mean probability 0.21 ->
+    # 0.87 -> 0.89, calibration error 0.66 -> 0.11 -> 0.10.
+    dict(seed=4, num_train=60_000, epochs=3, batch_size=128, learning_rate=5e-4, pairs="attributes"),
+    dict(seed=5, num_train=60_000, epochs=2, batch_size=128, learning_rate=2.5e-4, pairs="attributes"),
 )
 
 
@@ -129,11 +219,14 @@ def train_stage(stage, backbone=None, preprocessor=None):
     start = time.time()
     keras.utils.set_random_seed(stage["seed"])
     print(f"Stage {stage}: generating {stage['num_train']} images ...", flush=True)
-    train = shapes.ShapesDataset(stage["num_train"], seed=stage["seed"], image_size=IMAGE_SIZE).arrays()
+    data = shapes.ShapesDataset(stage["num_train"], seed=stage["seed"], image_size=IMAGE_SIZE)
+    train = data.arrays()
     if backbone is None:
         backbone, preprocessor = new_model(train["captions"])
     x = preprocessor({"images": train["images"], "texts": train["captions"]})
     x = {k: keras.ops.convert_to_numpy(v) for k, v in x.items()}
+    if stage.get("pairs") == "attributes":
+        x = MatchingBatches(x, *attribute_table(data), stage["batch_size"], stage["seed"])
     steps = stage["epochs"] * (stage["num_train"] // stage["batch_size"])
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=steps, warmup_target=stage["learning_rate"], warmup_steps=max(1, steps // 10)
@@ -144,19 +237,23 @@ def train_stage(stage, backbone=None, preprocessor=None):
         )
     )
     print(f"Training {backbone.count_params():,} parameters for {stage['epochs']} epochs ...", flush=True)
-    history = backbone.fit(
-        x, batch_size=stage["batch_size"], epochs=stage["epochs"], shuffle=True, verbose=2
-    )
+    if isinstance(x, MatchingBatches):
+        history = backbone.fit(x, epochs=stage["epochs"], verbose=2)
+    else:
+        history = backbone.fit(x, batch_size=stage["batch_size"], epochs=stage["epochs"], shuffle=True, verbose=2)
     accuracy = zero_shot_accuracy(backbone, preprocessor)
     record = {
         **stage,
         "final_loss": round(history.history["loss"][-1], 4),
         "zero_shot_accuracy": accuracy["all"],
+        "mean_correct_probability": round(accuracy["mean_correct_probability"], 4),
         "minutes": round((time.time() - start) / 60, 1),
     }
     print(
         f"Zero-shot accuracy on 500 held-out images, 48 labels: {accuracy['all']:.1%} "
-        f"(one shape {accuracy['single_shape']:.1%}, 2-3 shapes {accuracy['multi_shape']:.1%})",
+        f"(one shape {accuracy['single_shape']:.1%}, 2-3 shapes {accuracy['multi_shape']:.1%}); the true "
+        f"label's mean probability {accuracy['mean_correct_probability']:.2f}, calibration error "
+        f"{accuracy['calibration_error']:.3f}",
         flush=True,
     )
     return backbone, preprocessor, record, accuracy
@@ -176,6 +273,8 @@ def save(backbone, preprocessor, records, accuracy, out):
             "zero_shot_accuracy": accuracy["all"],
             "zero_shot_accuracy_one_shape": accuracy["single_shape"],
             "zero_shot_accuracy_two_or_three_shapes": accuracy["multi_shape"],
+            "mean_correct_probability": round(accuracy["mean_correct_probability"], 4),
+            "calibration_error": round(accuracy["calibration_error"], 4),
             "evaluation": f"top-1 over 48 colour x shape labels, 500 held-out images (seed {EVAL_SEED}), "
                           f"templates {list(shapes.PROMPT_TEMPLATES)}",
             "params": export.count_params(),
@@ -197,12 +296,27 @@ def main(argv=None):
     parser.add_argument(
         "--stages", type=int, default=len(RECIPE), help="run only the first N stages of the recipe"
     )
+    parser.add_argument(
+        "--resume", metavar="PRESET", default=None,
+        help="continue from a preset this script saved (its card says how many stages it ran) with the "
+             "recipe's remaining stages",
+    )
     args = parser.parse_args(argv)
     backbone = preprocessor = None
     records = []
-    for stage in RECIPE[: args.stages]:
+    if args.resume:
+        with open(os.path.join(args.resume, "card.json")) as f:
+            records = json.load(f)["training"]["stages"]
+        done = [{k: v for k, v in r.items() if k in RECIPE[i]} for i, r in enumerate(records)]
+        if done != list(RECIPE[: len(records)]):
+            raise ValueError(f"{args.resume} was not trained by this recipe's first {len(records)} stages.")
+        backbone = SigLIPBackbone.from_preset(args.resume)
+        preprocessor = SigLIPPreprocessor.from_preset(args.resume)
+    for stage in RECIPE[len(records): args.stages]:
         backbone, preprocessor, record, accuracy = train_stage(stage, backbone, preprocessor)
         records.append(record)
+    if backbone is None or len(records) != args.stages:
+        raise ValueError(f"nothing to train: the preset already ran {len(records)} stages.")
     save(backbone, preprocessor, records, accuracy, args.out)
     return accuracy
 

@@ -91,6 +91,11 @@ def class_prompts(template="a photo of {}"):
     return [template.format(with_article(name)) for name in class_names()]
 
 
+def position_phrases(position):
+    """The phrases a caption may use for `position`, e.g. "top" -> ("at the top", "near the top")."""
+    return _POSITION_PHRASES[position]
+
+
 def caption(attrs, rng, drop_prob=0.5):
     """Random training caption: lowercase, no trailing punctuation. Always has
     the colour and (plural when count > 1) shape word; the size word and the

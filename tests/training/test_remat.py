@@ -6,7 +6,7 @@ on JAX, far fewer residuals kept for the backward pass of a deeper tiny model
 """
 
 import json
-import os
+import shutil
 
 import keras
 import numpy as np
@@ -110,10 +110,17 @@ def test_remat_is_config_and_defaults_to_false(tmp_path):
         del config[tower]["config"]["remat"]
     old = SigLIPBackbone.from_config(config)
     assert not old.vision_encoder.vit.remat and not old.text_encoder.transformer.remat
-    path = SHIPPED_PRESETS["siglip2_shapes_tiny"]
-    assert "remat" not in json.dumps(json.load(open(os.path.join(path, "config.json"))))
-    shipped = SigLIPBackbone.from_preset(path)
-    assert not shipped.vision_encoder.vit.remat
+    # The same for a preset folder saved then (the shipped one, with the option taken out).
+    path = tmp_path / "old_preset"
+    shutil.copytree(SHIPPED_PRESETS["siglip2_shapes_tiny"], path)
+    saved = json.load(open(path / "config.json"))
+    for tower in ("vision_encoder", "text_encoder"):
+        del saved["config"][tower]["config"]["remat"]
+    (path / "config.json").write_text(json.dumps(saved))
+    assert "remat" not in (path / "config.json").read_text()
+    shipped = SigLIPBackbone.from_preset(str(path))
+    assert not shipped.vision_encoder.vit.remat and not shipped.text_encoder.transformer.remat
+    assert not SigLIPBackbone.from_preset("siglip2_shapes_tiny").vision_encoder.vit.remat
     model.save_to_preset(str(tmp_path / "preset"))
     assert SigLIPBackbone.from_preset(str(tmp_path / "preset")).vision_encoder.vit.remat
 
