@@ -97,6 +97,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--local-views", type=int, default=8)
     parser.add_argument("--out", default=os.path.join(HERE, "recipe_step.json"))
+    parser.add_argument("--same-process", action="store_true",
+                        help="run every stage in this process (no import per stage; peak memory accumulates)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -108,21 +110,24 @@ def main(argv=None):
     rows = []
     print(f"{backend}, {args.config} (batch {CONFIGS[args.config][4]}), median of {args.steps} steps:", flush=True)
     for mode in MODES:
-        run = subprocess.run(
-            [sys.executable, "-m", "benchmarks.recipe_step", "--worker", mode, "--config", args.config,
-             "--steps", str(args.steps), "--local-views", str(args.local_views)],
-            capture_output=True, text=True, cwd=os.path.dirname(HERE),
-        )
-        if run.returncode:
-            raise SystemExit(f"{mode} failed:\n{run.stderr[-3000:]}")
-        row = json.loads(run.stdout.strip().splitlines()[-1])
+        if args.same_process:
+            row = _one(mode, args.config, args.steps, args.local_views)
+        else:
+            run = subprocess.run(
+                [sys.executable, "-m", "benchmarks.recipe_step", "--worker", mode, "--config", args.config,
+                 "--steps", str(args.steps), "--local-views", str(args.local_views)],
+                capture_output=True, text=True, cwd=os.path.dirname(HERE),
+            )
+            if run.returncode:
+                raise SystemExit(f"{mode} failed:\n{run.stderr[-3000:]}")
+            row = json.loads(run.stdout.strip().splitlines()[-1])
         rows.append(row)
         plain = rows[0]
         print(f"  {mode:14s} {row['step_ms']:9.1f} ms/step ({row['step_ms'] / plain['step_ms']:.2f}x plain)  "
               f"peak {row['peak_rss_mib']:7.0f} MiB ({row['peak_rss_mib'] / plain['peak_rss_mib']:.2f}x)  "
               f"compile {row['compile_s']:.0f}s  {row['weights']:,} weights", flush=True)
     result = {"backend": backend, "config": args.config, "steps": args.steps, "local_views": args.local_views,
-              "rows": rows}
+              "same_process": args.same_process, "rows": rows}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {os.path.relpath(args.out)}")
