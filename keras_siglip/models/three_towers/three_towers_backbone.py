@@ -11,8 +11,11 @@ space where they are aligned with `h`. The loss is
     L_3T = w_0 L(f, g) + w_1 L(f_h, h) + w_2 L(g_h, h),
 
 each term a contrastive loss with its own learnable temperature (and, for the
-sigmoid form, bias). At inference only `f` and `g` are used
-(`encode_images` / `encode_texts`), exactly like a two-tower model.
+sigmoid form, bias). At inference `f` and `g` are a two-tower model
+(`encode_images` / `encode_texts`); the paper also combines them with the third
+tower at inference, a convex combination of the two similarities weighted by
+`w` (`combined_similarity`; `encode_images_combined` / `encode_texts_combined`
+give embeddings whose dot product is that combination).
 
 What is from the paper and what is a choice made here
 -----------------------------------------------------
@@ -94,6 +97,13 @@ def three_towers_loss(logits, contrastive_loss="sigmoid", term_weights=(1 / 3, 1
     terms = tuple(term(x) for x in logits)
     total = sum(w * t for w, t in zip(term_weights, terms))
     return total, terms
+
+
+def _check_weight(weight):
+    weight = float(weight)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"third_tower_weight must be in [0, 1]; got {weight}.")
+    return weight
 
 
 def resolve_third_tower(third_tower):
@@ -380,6 +390,77 @@ class ThreeTowersBackbone(ArrayChecksMixin, PresetMixin, Backbone):
     def encode_texts(self, token_ids):
         """`(B, L)` token ids -> `(B, D)` L2-normalised embeddings of `g`."""
         return l2_normalize(self.text_encoder(token_ids))
+
+    # Inference with the third tower: a convex combination of the main towers'
+    # similarity and the third tower's, through the text tower's alignment head.
+    def encode_third_tower(self, third_tower_inputs):
+        """The frozen tower's embeddings in the alignment space, `(B, A)`, L2-normalised.
+
+        `third_tower_inputs`: what the third tower reads (`third_tower_input`):
+        `(B, H, W, C)` images (the main images, or its own), or `(B, D_h)`
+        precomputed frozen embeddings.
+        """
+        features = third_tower_inputs
+        if self.third_tower_input != "third_tower_embeddings":
+            features = self.third_tower(third_tower_inputs)
+        elif tuple(features.shape[1:]) != (self.third_tower_dim,):
+            raise ValueError(
+                f"Precomputed third-tower embeddings must have shape (B, {self.third_tower_dim}); "
+                f"got {tuple(features.shape)}."
+            )
+        if self.third_tower_head is not None:
+            features = self.third_tower_head(features)
+        return l2_normalize(features)
+
+    def encode_images_combined(self, images, third_tower_weight, third_tower_inputs=None):
+        """`[sqrt(1 - w) f(x), sqrt(w) h(x)]`, `(B, D + A)`: image embeddings whose
+        dot product with `encode_texts_combined(t, w)` is the combined similarity
+        `(1 - w) cos(f(x), g(t)) + w cos(h(x), g_h(t))` (`combined_similarity`),
+        so an index or a zero-shot classifier uses it as it is.
+
+        Args:
+            images: `(B, H, W, C)` preprocessed images for the main tower.
+            third_tower_weight: `w` in [0, 1]; 0 is the two-tower model,
+                1 the frozen tower with the text tower's alignment head
+                (a LiT-like model).
+            third_tower_inputs: what the third tower reads, when it is not
+                `images` (`third_tower_input` "third_tower_images" or
+                "third_tower_embeddings").
+        """
+        weight = _check_weight(third_tower_weight)
+        if third_tower_inputs is None:
+            if self.third_tower_input != "images":
+                raise ValueError(
+                    f"This model's third tower reads {self.third_tower_input!r}: pass them as "
+                    "`third_tower_inputs`."
+                )
+            third_tower_inputs = images
+        main, third = self.encode_images(images), self.encode_third_tower(third_tower_inputs)
+        if main.shape[0] is not None and third.shape[0] is not None and main.shape[0] != third.shape[0]:
+            raise ValueError(
+                f"The main images ({main.shape[0]}) and the third tower's inputs ({third.shape[0]}) "
+                "must have the same batch size."
+            )
+        return ops.concatenate([main * (1.0 - weight) ** 0.5, third * weight**0.5], axis=-1)
+
+    def encode_texts_combined(self, token_ids, third_tower_weight):
+        """`[sqrt(1 - w) g(t), sqrt(w) g_h(t)]`, `(B, D + A)`, L2-normalised parts:
+        the text side of `encode_images_combined`."""
+        weight = _check_weight(third_tower_weight)
+        features = self.text_encoder(token_ids)
+        main, aligned = l2_normalize(features), l2_normalize(self.text_alignment_head(features))
+        return ops.concatenate([main * (1.0 - weight) ** 0.5, aligned * weight**0.5], axis=-1)
+
+    def combined_similarity(self, images, token_ids, third_tower_weight, third_tower_inputs=None):
+        """`(B_images, B_texts)` `(1 - w) cos(f(x), g(t)) + w cos(h(x), g_h(t))`.
+
+        A similarity to rank or classify by (argmax), not a calibrated logit:
+        the two terms have their own learned temperatures and biases.
+        """
+        return ops.matmul(
+            self.encode_images_combined(images, third_tower_weight, third_tower_inputs),
+            ops.transpose(self.encode_texts_combined(token_ids, third_tower_weight)),
+        )
 
     def expected_inputs(self):
         """`{key: shape without the batch axis}` of the inputs this model takes."""

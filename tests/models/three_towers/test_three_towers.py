@@ -231,3 +231,66 @@ def test_a_quantized_model_saves_and_loads(tmp_path):
         assert modes == {"int8"}, (tower, modes)
     for key, value in restored(x).items():
         np.testing.assert_array_equal(numpy(value), expected[key], err_msg=key)
+
+
+def unit_rows(x):
+    x = x.astype(np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def dense(layer, x):
+    kernel, bias = layer.get_weights()
+    return x.astype(np.float64) @ kernel + bias
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_inference_with_the_third_tower_is_the_convex_combination(parts, weight):
+    """(1 - w) cos(f, g) + w cos(h, g_h), against numpy from each tower's raw features."""
+    vision, text, third = parts
+    model = ThreeTowersBackbone(vision, text, third_tower=third)
+    x = inputs(seed=4)
+    for head in (model.text_alignment_head, model.third_tower_head):  # off zero biases
+        kernel, bias = head.get_weights()
+        head.set_weights([kernel, bias + np.random.default_rng(5).normal(0, 0.1, bias.shape).astype("float32")])
+    image_features, frozen = numpy(vision(x["images"])), numpy(third(x["images"]))
+    text_features = numpy(text(x["token_ids"][:5]))
+    expected = ((1 - weight) * unit_rows(image_features) @ unit_rows(text_features).T
+                + weight * unit_rows(dense(model.third_tower_head, frozen))
+                @ unit_rows(dense(model.text_alignment_head, text_features)).T)
+    got = numpy(model.combined_similarity(x["images"], x["token_ids"][:5], weight))
+    assert got.shape == (BATCH, 5)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    images = numpy(model.encode_images_combined(x["images"], weight))
+    texts = numpy(model.encode_texts_combined(x["token_ids"][:5], weight))
+    assert images.shape == (BATCH, 64) and texts.shape == (5, 64)
+    np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)  # sqrt weights: unit rows
+    if weight == 0.0:  # the two-tower model
+        main = numpy(model.encode_images(x["images"])) @ numpy(model.encode_texts(x["token_ids"][:5])).T
+        np.testing.assert_allclose(got, main, atol=1e-6)
+
+
+def test_inference_with_precomputed_or_separate_third_tower_inputs(parts):
+    vision, text, third = parts
+    x = inputs(seed=6)
+    own_images = inputs(seed=7)["images"]
+    separate = ThreeTowersBackbone(vision, text, third_tower=third, third_tower_input="third_tower_images")
+    precomputed = ThreeTowersBackbone(vision, text, third_tower_input="third_tower_embeddings", third_tower_dim=32)
+    for name in ("image_alignment_head", "text_alignment_head", "third_tower_head"):
+        precomputed_layer = getattr(precomputed, name)
+        precomputed_layer.set_weights(getattr(separate, name).get_weights())
+    from_images = numpy(separate.combined_similarity(x["images"], x["token_ids"], 0.5, own_images))
+    embeddings = precompute_third_tower_embeddings(third, own_images)
+    from_embeddings = numpy(precomputed.combined_similarity(x["images"], x["token_ids"], 0.5, embeddings))
+    np.testing.assert_allclose(from_embeddings, from_images, atol=1e-5)
+    # The third tower saw its own images, not the main ones.
+    main_images = numpy(separate.combined_similarity(x["images"], x["token_ids"], 0.5, x["images"]))
+    assert np.max(np.abs(main_images - from_images)) > 1e-3
+    with pytest.raises(ValueError, match="reads 'third_tower_images': pass them as `third_tower_inputs`"):
+        separate.combined_similarity(x["images"], x["token_ids"], 0.5)
+    with pytest.raises(ValueError, match="must have shape \\(B, 32\\); got \\(8, 12\\)"):
+        precomputed.combined_similarity(x["images"], x["token_ids"], 0.5, np.zeros((8, 12), "float32"))
+    with pytest.raises(ValueError, match="same batch size"):
+        separate.combined_similarity(x["images"], x["token_ids"], 0.5, own_images[:3])
+    for weight in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="third_tower_weight must be in \\[0, 1\\]"):
+            separate.encode_texts_combined(x["token_ids"], weight)
