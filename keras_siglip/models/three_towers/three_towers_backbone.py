@@ -15,7 +15,8 @@ sigmoid form, bias). At inference `f` and `g` are a two-tower model
 (`encode_images` / `encode_texts`); the paper also combines them with the third
 tower at inference, a convex combination of the two similarities weighted by
 `w` (`combined_similarity`; `encode_images_combined` / `encode_texts_combined`
-give embeddings whose dot product is that combination).
+give embeddings whose dot product is that combination; the form, a convex
+combination of the two cosine similarities, is our reading: UNCONFIRMED).
 
 What is from the paper and what is a choice made here
 -----------------------------------------------------
