@@ -195,6 +195,7 @@ class CapPaCaptioner(PresetMixin, Task):
         prompt_ids=None,
         logits_processor=None,
         length_penalty=0.0,
+        top_p=None,
     ):
         """Caption images with the KV-cached autoregressive decoder.
 
@@ -210,7 +211,8 @@ class CapPaCaptioner(PresetMixin, Task):
             strategy: "greedy", "beam" (best of `num_beams` by total
                 log-probability, or length-normalised: `length_penalty`)
                 or "sampling" (from the softmax at
-                `temperature`, restricted to the `top_k` most likely if set).
+                `temperature`, restricted to the `top_k` most likely and / or
+                to the nucleus of probability `top_p` if set).
             seed: sampling seed (same seed, same captions); None draws anew.
             detokenize: return strings when the preprocessor has a tokenizer.
             prompt_ids: optional `(B, P)` int prompt per example, right-padded
@@ -237,10 +239,10 @@ class CapPaCaptioner(PresetMixin, Task):
             if max_length is None:
                 length -= prompt[0].shape[1]
         key = ("generate", strategy, num_beams if strategy == "beam" else None,
-               float(temperature), top_k, length, bool(prompt), logits_processor, float(length_penalty))
+               float(temperature), top_k, top_p, length, bool(prompt), logits_processor, float(length_penalty))
 
         def build():
-            sampler = make_sampler(strategy, num_beams, temperature, top_k)
+            sampler = make_sampler(strategy, num_beams, temperature, top_k, top_p=top_p)
 
             def step(images, *prompt):
                 encoded, mask = self._encode(images)

@@ -16,15 +16,26 @@ import itertools
 
 import keras
 from keras import ops
-from keras_hub.samplers import BeamSampler, GreedySampler, RandomSampler, TopKSampler
+from keras_hub.samplers import BeamSampler, GreedySampler, RandomSampler, TopKSampler, TopPSampler
 
 PAD_ID = 0
 EOS_ID = 1
 STRATEGIES = ("greedy", "beam", "sampling")
 
 
-def make_sampler(strategy, num_beams=4, temperature=1.0, top_k=None, seed=None):
-    """A keras-hub sampler for `strategy` ("greedy", "beam" or "sampling")."""
+def make_sampler(strategy, num_beams=4, temperature=1.0, top_k=None, seed=None, top_p=None):
+    """A keras-hub sampler for `strategy` ("greedy", "beam" or "sampling").
+
+    Sampling draws from the softmax at `temperature`, restricted to the
+    `top_k` most likely tokens and / or to the nucleus (`top_p`: the most
+    likely tokens until their probability reaches `p`, Holtzman et al. 2020).
+    """
+    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+        raise ValueError(f"`top_p` must be in (0, 1]; got {top_p}.")
+    if top_k is not None and (isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1):
+        raise ValueError(f"`top_k` must be a positive integer; got {top_k!r}.")
+    if (top_p is not None or top_k is not None) and strategy != "sampling":
+        raise ValueError(f"`top_k` and `top_p` apply to strategy='sampling', not {strategy!r}.")
     if strategy == "greedy":
         return GreedySampler(temperature=temperature)
     if strategy == "beam":
@@ -32,6 +43,8 @@ def make_sampler(strategy, num_beams=4, temperature=1.0, top_k=None, seed=None):
             raise ValueError(f"`num_beams` must be >= 1; got {num_beams}.")
         return BeamSampler(num_beams=num_beams, return_all_beams=True, temperature=temperature)
     if strategy == "sampling":
+        if top_p is not None:
+            return TopPSampler(p=float(top_p), k=top_k, seed=seed, temperature=temperature)
         if top_k:
             return TopKSampler(k=top_k, seed=seed, temperature=temperature)
         return RandomSampler(seed=seed, temperature=temperature)

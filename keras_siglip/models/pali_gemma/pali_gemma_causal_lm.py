@@ -174,6 +174,7 @@ class PaliGemmaCausalLM(PresetMixin, Task):
         return_token_ids=False,
         token_ids=None,
         padding_mask=None,
+        top_p=None,
     ):
         """Generate text after each (image, prompt) with the KV cache.
 
@@ -196,7 +197,8 @@ class PaliGemmaCausalLM(PresetMixin, Task):
             max_length: alternatively the total text length `T + G` (T: the
                 padded prompt width).
             strategy: "greedy" or "sampling" (softmax at `temperature`,
-                restricted to the `top_k` most likely tokens if set).
+                restricted to the `top_k` most likely tokens and / or to the
+                nucleus of probability `top_p` if set).
             seed: sampling seed (same seed, same output); None draws anew.
             return_token_ids: also return the `(B, G)` generated ids (EOS
                 kept, pad 0 after it).
@@ -220,10 +222,10 @@ class PaliGemmaCausalLM(PresetMixin, Task):
         if max_new_tokens < 1:
             raise ValueError(f"Nothing to generate: max_new_tokens={max_new_tokens} (prompt width {width}).")
         max_new_tokens = int(max_new_tokens)
-        key = ("generate", strategy, float(temperature), top_k if strategy == "sampling" else None, max_new_tokens)
+        key = ("generate", strategy, float(temperature), top_k, top_p, max_new_tokens)
 
         def build():
-            sampler = make_sampler(strategy, temperature=temperature, top_k=top_k)
+            sampler = make_sampler(strategy, temperature=temperature, top_k=top_k, top_p=top_p)
 
             def step(images, token_ids, padding_mask):
                 return generate_with_cache(

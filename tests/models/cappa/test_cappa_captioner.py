@@ -276,6 +276,9 @@ def test_sampling_is_reproducible_with_a_seed(decoder_model):
             assert sampled.max() < top_k, sampled
         else:
             assert sampled.max() >= 5, sampled
+    # `top_p` reaches the sampler: a nucleus this small is the most likely token alone.
+    nucleus = decoder_model.generate(x, strategy="sampling", seed=7, top_p=1e-6, temperature=2.0)
+    np.testing.assert_array_equal(nucleus, decoder_model.generate(x, strategy="greedy"))
 
 
 def test_eos_stops_every_row():

@@ -11,6 +11,7 @@ top-p (nucleus) sampling, so there is none to test.
 """
 
 import numpy as np
+import pytest
 from keras import ops
 
 from keras_siglip.models.cappa.cappa_generation import make_sampler
@@ -86,3 +87,44 @@ def test_top_k_keeps_the_draws_among_the_k_most_likely():
         else:
             assert set(np.unique(tokens)) == set(support)  # all k are drawn (the least likely: 25%)
 
+
+
+def nucleus(logits, p, temperature=1.0):
+    """The expected top-p distribution: the most likely ids until their
+    probability reaches p (the smallest such set), renormalised."""
+    probabilities = softmax(logits, temperature)
+    ranked = np.argsort(-probabilities)
+    before = np.concatenate([[0.0], np.cumsum(probabilities[ranked])[:-1]])
+    support = ranked[before < p]
+    expected = np.zeros(len(logits))
+    expected[support] = probabilities[support] / probabilities[support].sum()
+    return support, expected
+
+
+def test_top_p_keeps_the_draws_in_the_nucleus():
+    """Top-p draws stay in the smallest set of most likely ids whose probability
+    reaches p and follow the renormalised softmax there. softmax(LOGITS) puts
+    0.59 on id 5, 0.22 on id 2, 0.08 on id 6: p = 0.5 is greedy, p = 0.8 keeps
+    {5, 2}, p = 0.85 keeps {5, 2, 6}; at T = 2 (flatter) p = 0.8 keeps five ids. With
+    top_k as well the smaller of the two sets is kept."""
+    for p, temperature, size in ((0.5, 1.0, 1), (0.8, 1.0, 2), (0.85, 1.0, 3), (0.8, 2.0, 5), (1.0, 1.0, 8)):
+        support, expected = nucleus(LOGITS, p, temperature)
+        assert len(support) == size, (p, temperature, support)
+        tokens = draw(make_sampler("sampling", temperature=temperature, top_p=p, seed=0))
+        assert np.isin(tokens, support).all(), (p, temperature, np.unique(tokens))
+        assert set(np.unique(tokens)) == set(support)
+        assert total_variation(frequencies(tokens), expected) < 0.05, (p, temperature, frequencies(tokens), expected)
+    both = draw(make_sampler("sampling", temperature=2.0, top_p=0.8, top_k=2, seed=0))
+    assert set(np.unique(both)) == set(np.argsort(-LOGITS)[:2])
+
+
+def test_sampling_options_are_checked():
+    for kwargs, message in (
+        (dict(strategy="sampling", top_p=0.0), "top_p` must be in \\(0, 1\\]"),
+        (dict(strategy="sampling", top_p=1.5), "top_p` must be in \\(0, 1\\]"),
+        (dict(strategy="sampling", top_k=0), "top_k` must be a positive integer"),
+        (dict(strategy="greedy", top_p=0.9), "apply to strategy='sampling', not 'greedy'"),
+        (dict(strategy="beam", top_k=3), "apply to strategy='sampling', not 'beam'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            make_sampler(**kwargs)

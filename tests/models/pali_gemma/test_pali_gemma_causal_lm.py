@@ -325,6 +325,10 @@ def test_sampling_is_reproducible_with_a_seed(text_lm):
     np.testing.assert_array_equal(first, again)
     assert not np.array_equal(first, other)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    # `top_p` reaches the sampler: a nucleus this small is the most likely token alone.
+    _, nucleus = text_lm.generate(images, prompts, seed=7, **{**kwargs, "top_k": None, "top_p": 1e-6})
+    _, greedy = text_lm.generate(images, prompts, max_new_tokens=6, return_token_ids=True)
+    np.testing.assert_array_equal(nucleus, greedy)
 
 
 def test_save_and_load_preset_round_trip(text_lm, tmp_path):
