@@ -1,5 +1,7 @@
 """CapPaCaptioner: training loss and modes, cached decoding, scoring, preprocessing."""
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -226,6 +228,63 @@ def test_greedy_with_cache_equals_recomputing_the_prefix(decoder_model):
     lengths = (generated != 0).sum(1)
     assert lengths.max() >= 8 and (generated == EOS).any(), generated  # long rows and stopped rows
     assert np.all(generated[(generated == EOS).cumsum(1) - (generated == EOS) > 0] == 0)
+
+
+def caption_log_probs(model, encoded, ids):
+    """`(N,)` log-probability of each caption `ids[n]` given encoder tokens
+    `encoded[n]`, with numpy from teacher-forced logits: summed up to and
+    including the first EOS; a finished row's padding costs nothing (as in
+    decoding)."""
+    logits = numpy(model.decoder(ids, encoded)).astype(np.float64)
+    top = logits.max(-1, keepdims=True)
+    log_probs = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    chosen = np.take_along_axis(log_probs, ids[..., None].astype(np.int64), axis=-1)[..., 0]
+    finished = np.cumsum(ids == EOS, axis=1) - (ids == EOS) > 0
+    return np.where(finished, 0.0, chosen).sum(1)
+
+
+def exhaustive_best(model, x, vocabulary, length):
+    """The most likely caption of each image by enumeration: every sequence of
+    `length` tokens that pads (0) after its first EOS and nowhere before it.
+    Returns `(B, length)` ids and their `(B,)` log-probabilities."""
+    candidates = []
+    for ids in itertools.product(range(vocabulary), repeat=length):
+        ids = np.array(ids, "int32")
+        finished = np.cumsum(ids == EOS) - (ids == EOS) > 0
+        if np.all((ids == 0) == finished):
+            candidates.append(ids)
+    candidates = np.array(candidates)
+    encoded = numpy(model.backbone.encode_images(x))
+    scores = np.stack([caption_log_probs(model, np.repeat(image[None], len(candidates), 0), candidates)
+                       for image in encoded])  # (B, C)
+    return candidates[np.argmax(scores, axis=1)], scores.max(1)
+
+
+def test_beam_search_with_every_prefix_kept_is_exhaustive_search():
+    """On a 5-token vocabulary and 3 generated tokens, beam search with 25 beams
+    (every 2-token prefix) must return the most likely caption found by
+    enumerating all of them; 2 beams may return a worse one, never a better one.
+    The pad id's logit is pushed down so that no caption pads before EOS."""
+    vocabulary, length = 5, 3
+    model = tiny_captioner(seed=7, eos_bias=0.5, vocabulary_size=vocabulary)
+    bias = numpy(model.decoder.logits_dense.bias)
+    bias[0] = -30.0
+    model.decoder.logits_dense.bias.assign(bias)
+    x = images(6, seed=2)
+    best, best_scores = exhaustive_best(model, x, vocabulary, length)
+    beam = model.generate(x, strategy="beam", num_beams=vocabulary ** (length - 1), max_length=length)
+    np.testing.assert_array_equal(beam, best)
+    np.testing.assert_allclose(caption_log_probs(model, numpy(model.backbone.encode_images(x)), beam), best_scores,
+                               atol=1e-9)
+    narrow = model.generate(x, strategy="beam", num_beams=2, max_length=length)
+    encoded = numpy(model.backbone.encode_images(x))
+    narrow_scores = caption_log_probs(model, encoded, narrow)
+    assert np.all(narrow_scores <= best_scores + 1e-6)
+    greedy = model.generate(x, max_length=length)
+    greedy_scores = caption_log_probs(model, encoded, greedy)
+    # Here greedy misses the best caption of every image (by 0.9-1.4 nats), 2 beams of two.
+    assert np.all(greedy_scores < best_scores - 0.5), (greedy_scores, best_scores)
+    assert np.any(narrow_scores < best_scores - 0.5), (narrow_scores, best_scores)
 
 
 def test_batched_equals_one_by_one(decoder_model):
