@@ -16,7 +16,7 @@ from keras_siglip.utils.preset import PresetMixin
 
 PAD_ID = 0
 EOS_ID = 1
-STRATEGIES = ("greedy", "sampling")
+STRATEGIES = ("greedy", "beam", "sampling")
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
@@ -175,6 +175,7 @@ class PaliGemmaCausalLM(PresetMixin, Task):
         token_ids=None,
         padding_mask=None,
         top_p=None,
+        num_beams=4,
     ):
         """Generate text after each (image, prompt) with the KV cache.
 
@@ -196,7 +197,9 @@ class PaliGemmaCausalLM(PresetMixin, Task):
                 `max_length - T` when `max_length` is given).
             max_length: alternatively the total text length `T + G` (T: the
                 padded prompt width).
-            strategy: "greedy" or "sampling" (softmax at `temperature`,
+            strategy: "greedy", "beam" (the most likely of `num_beams`
+                beams by total log-probability; EOS ends a beam, which keeps
+                its score) or "sampling" (softmax at `temperature`,
                 restricted to the `top_k` most likely tokens and / or to the
                 nucleus of probability `top_p` if set).
             seed: sampling seed (same seed, same output); None draws anew.
@@ -222,10 +225,11 @@ class PaliGemmaCausalLM(PresetMixin, Task):
         if max_new_tokens < 1:
             raise ValueError(f"Nothing to generate: max_new_tokens={max_new_tokens} (prompt width {width}).")
         max_new_tokens = int(max_new_tokens)
-        key = ("generate", strategy, float(temperature), top_k, top_p, max_new_tokens)
+        num_beams = int(num_beams) if strategy == "beam" else None
+        key = ("generate", strategy, float(temperature), top_k, top_p, num_beams, max_new_tokens)
 
         def build():
-            sampler = make_sampler(strategy, temperature=temperature, top_k=top_k, top_p=top_p)
+            sampler = make_sampler(strategy, num_beams=num_beams, temperature=temperature, top_k=top_k, top_p=top_p)
 
             def step(images, token_ids, padding_mask):
                 return generate_with_cache(

@@ -84,7 +84,8 @@ def generate_with_cache(
         backbone: a `PaliGemmaBackbone`.
         images: `(B, H, W, 3)` in [-1, 1].
         token_ids, padding_mask: `(B, T)` int prompts `[BOS] prefix "\\n"`.
-        sampler: a keras-hub sampler (`cappa_generation.make_sampler`; greedy
+        sampler: a keras-hub sampler (`cappa_generation.make_sampler`: greedy,
+            beam (the most likely beam by total log-probability is returned)
             or sampling).
         max_new_tokens: G, generated positions.
         eos_id, pad_id: EOS stops a row; finished rows are padded with `pad_id`.
@@ -111,17 +112,26 @@ def generate_with_cache(
     vocabulary = ops.arange(decoder.vocabulary_size, dtype="int32")
     forced_pad = ops.where(ops.equal(vocabulary, pad_id), 0.0, -1e9)[None, :]
 
+    beams = getattr(sampler, "num_beams", None)
+    # The beam sampler repeats each row's sequence, mask and cache per beam (row-major); the
+    # masks this step closes over follow.
+    row_padding, row_ar_mask, row_mask = (
+        (padding, ar_mask, mask) if beams is None else (ops.repeat(x, beams, axis=0) for x in (padding, ar_mask, mask))
+    )
+
     def next(sequence, cache, index):
         rows = ops.shape(sequence)[0]
         token = ops.slice(sequence, (0, index - 1), (rows, 1))
         logits, hidden, cache = decoder.call_with_cache(
-            decoder.embed(token), cache, index - 1, padding, ar_mask
+            decoder.embed(token), cache, index - 1, row_padding, row_ar_mask
         )
         logits = ops.cast(logits[:, 0], "float32")
-        logits = pad_finished_rows(logits, sequence, mask, index, forced_pad, positions, eos_id)
+        logits = pad_finished_rows(logits, sequence, row_mask, index, forced_pad, positions, eos_id)
         return logits, hidden[:, 0], cache
 
     outputs = sampler(
         next, sequence, cache=cache, index=prompt_length, mask=mask, stop_token_ids=(eos_id,), model=model
     )
+    if beams is not None:  # every row's beams, most likely first (a finished beam keeps its score)
+        outputs = outputs[0][:, 0]
     return outputs[:, prompt_length:]

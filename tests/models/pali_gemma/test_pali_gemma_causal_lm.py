@@ -19,8 +19,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import keras  # noqa: E402
+from keras import ops  # noqa: E402
 
 from keras_siglip.convert.pali_gemma import load_pali_gemma  # noqa: E402
+from keras_siglip.models.cappa.cappa_generation import compile_stateless  # noqa: E402
 from keras_siglip.models.pali_gemma import (  # noqa: E402
     PaliGemmaBackbone,
     PaliGemmaCausalLM,
@@ -137,6 +139,62 @@ def test_cached_batched_generation_equals_uncached_one_by_one(gemma2_lm):
         np.testing.assert_array_equal(alone, batched[row])
     np.testing.assert_array_equal(batched, uncached_greedy(lm.backbone, images, prompt, mask, 8))
     assert (batched != PAD).sum(axis=1).max() == 8
+
+
+def reference_beam_search(backbone, image, prompt, beams, steps):
+    """Beam search for one (image, prompt) without a cache, with numpy: each step
+    extends every live beam by every token (float64 log-softmax of the full
+    forward's logits), a finished beam (EOS) carries on with its score and pads,
+    and the `beams` most likely candidates survive. Returns the best beam's
+    `steps` ids and its log-probability."""
+    forward = compile_stateless(backbone, backbone)
+    length, width = len(prompt), len(prompt) + steps
+    positions = np.arange(width)[None]
+    alive = [((), 0.0, False)]  # (generated ids, log-probability, finished)
+    for step in range(steps):
+        candidates = [(ids + (PAD,), score, True) for ids, score, finished in alive if finished]
+        live = [(ids, score) for ids, score, finished in alive if not finished]
+        tokens = np.zeros((len(live), width), "int32")
+        tokens[:, :length] = prompt
+        for row, (ids, _) in enumerate(live):
+            tokens[row, length:length + step] = ids
+        inputs = dict(images=np.repeat(image[None], len(live), 0), token_ids=tokens,
+                      padding_mask=np.broadcast_to(positions < length + step, tokens.shape).astype("int32"),
+                      response_mask=np.broadcast_to(positions >= length, tokens.shape).astype("int32"))
+        logits = numpy(forward({k: ops.convert_to_tensor(v) for k, v in inputs.items()}))
+        logits = logits[:, length + step - 1].astype(np.float64)
+        log_probs = logits - logits.max(-1, keepdims=True)
+        log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+        for (ids, score), row in zip(live, log_probs):
+            candidates += [(ids + (token,), score + row[token], token == EOS) for token in range(len(row))]
+        alive = sorted(candidates, key=lambda c: -c[1])[:beams]
+    best, score, _ = alive[0]
+    return np.array(best, "int32"), score
+
+
+def test_beam_search_equals_a_reference_beam_search_without_cache(gemma2_lm):
+    """Beam search with the cache (2 prompts of 3 and 5 tokens in one batch,
+    Gemma 2: sliding window, soft caps) returns the best beam of an uncached
+    numpy beam search; 1 beam is greedy decoding, and 3 beams find more likely
+    continuations than greedy's here (float32 vs float64 scores: 1e-5)."""
+    lm = gemma2_lm
+    images = random_images(2, seed=9)
+    lengths, steps = [3, 5], 5
+    prompt, mask = random_prompts(lengths, seed=10, avoid=(EOS,))
+    greedy = lm.generate(images, token_ids=prompt, padding_mask=mask, max_new_tokens=steps)
+    np.testing.assert_array_equal(
+        lm.generate(images, token_ids=prompt, padding_mask=mask, max_new_tokens=steps, strategy="beam", num_beams=1),
+        greedy)
+    beam = lm.generate(images, token_ids=prompt, padding_mask=mask, max_new_tokens=steps, strategy="beam",
+                       num_beams=3)
+    gains = []
+    for row, n in enumerate(lengths):
+        expected, score = reference_beam_search(lm.backbone, images[row], prompt[row, :n], 3, steps)
+        np.testing.assert_array_equal(beam[row], expected)
+        _, greedy_score = reference_beam_search(lm.backbone, images[row], prompt[row, :n], 1, steps)
+        gains.append(score - greedy_score)
+        assert not np.array_equal(beam[row], greedy[row])
+    assert min(gains) > 1e-3, gains
 
 
 def test_left_align_puts_pads_first_for_any_padding_side():
