@@ -310,16 +310,16 @@ def cmd_convert(args):
         return_freed_tensors_to_the_system()
 
     exports = {"huggingface": convert.export_huggingface, "keras-hub": convert.export_keras_hub}
-    if args.to in exports and (args.preset or args.tokenizer):
-        raise CLIError(f"--preset and --tokenizer apply to conversions into keras_siglip, not --to {args.to} "
-                       "(the preset carries its own architecture and tokenizer)")
+    if args.to in exports and (args.preset or args.tokenizer or args.sliding_window):
+        raise CLIError(f"--preset, --tokenizer and --sliding-window apply to conversions into keras_siglip, not "
+                       f"--to {args.to} (the preset carries its own architecture and tokenizer)")
     with contextlib.redirect_stdout(sys.stderr):  # progress bars and notes: not results
         if args.to in exports:
             destination = exports[args.to](args.source, args.destination, overwrite=args.overwrite)
         else:
             destination = convert.convert(
                 args.source, args.destination, config=args.preset, tokenizer=args.tokenizer,
-                overwrite=args.overwrite,
+                overwrite=args.overwrite, sliding_window="config" if args.sliding_window == "config" else None,
             )
     print(f"Wrote {destination}")
 
@@ -441,6 +441,10 @@ def build_parser():
                         "(else inferred from the shapes); for PaliGemma it also sets the Gemma 2 soft caps")
     p.add_argument("--tokenizer", default=None, metavar="SPM",
                    help="a SentencePiece model to bundle when the source has none (big_vision .npz)")
+    p.add_argument("--sliding-window", choices=("none", "config"), default=None,
+                   help="a Hugging Face PaliGemma 2 folder: none (default) attends globally in every layer, as "
+                        "big_vision trained it and the cards are; config keeps the folder's 4096-token window "
+                        "on even layers, which transformers runs (they differ past 4096 positions: 896 px)")
     p.add_argument("--to", choices=("keras_siglip", "huggingface", "keras-hub"), default="keras_siglip",
                    help="huggingface: export a keras_siglip SigLIP / PaliGemma preset to a transformers folder; "
                         "keras-hub: to a preset folder keras-hub's own from_preset loads")

@@ -119,14 +119,22 @@ def detect_model(source):
     raise ValueError(f"{source} is already a keras_siglip preset; load it with from_preset.")
 
 
-def read_checkpoint(source, config=None, progress=True):
+def read_checkpoint(source, config=None, progress=True, sliding_window=None):
     """Open any supported source as a `Checkpoint` (tensors are read lazily).
 
     `config`: big_vision only: a published preset name or card config dict
     (SigLIP: `PUBLISHED_PRESETS`; PaliGemma: `PALI_GEMMA_PRESETS` or
     `PaliGemmaBackbone` kwargs, which also set the Gemma 2 soft caps).
+    `sliding_window`: Hugging Face PaliGemma folders only: None (big_vision's
+    global attention) or `"config"` (the folder's Gemma 2 window: exact parity
+    with transformers past 4096 positions); see `read_pali_gemma`.
     """
     kind = detect_format(source)
+    if sliding_window is not None and not (kind == "huggingface" and detect_model(source) == "pali_gemma"):
+        raise ValueError(
+            f"`sliding_window` applies to Hugging Face PaliGemma folders; {source} is a {kind} "
+            f"{detect_model(source) if kind != 'keras_siglip' else 'preset'}."
+        )
     if kind == "big_vision":
         model = _npz_model(os.fspath(source))
         if model == "pali_gemma":
@@ -140,7 +148,7 @@ def read_checkpoint(source, config=None, progress=True):
         raise ValueError(f"`config` applies to big_vision checkpoints; {source} is a {kind} folder.")
     if kind == "huggingface":
         if detect_model(source) == "pali_gemma":
-            return read_pali_gemma(source)
+            return read_pali_gemma(source, sliding_window=sliding_window)
         return read_huggingface(source, progress=progress)
     if kind == "keras_hub":
         if is_keras_hub_pali_gemma(source):
@@ -149,7 +157,8 @@ def read_checkpoint(source, config=None, progress=True):
     raise ValueError(f"{source} is already a keras_siglip preset; load it with from_preset.")
 
 
-def convert(source, destination, config=None, tokenizer=None, progress=True, overwrite=False, allow_nan=False):
+def convert(source, destination, config=None, tokenizer=None, progress=True, overwrite=False, allow_nan=False,
+            sliding_window=None):
     """Convert a checkpoint into a keras_siglip preset folder, written atomically.
 
     Args:
@@ -168,6 +177,12 @@ def convert(source, destination, config=None, tokenizer=None, progress=True, ove
             survive beside the new ones.
         allow_nan: convert weights holding NaN or inf; otherwise they raise
             `NonFiniteWeights` naming the tensors (nothing is written).
+        sliding_window: a Hugging Face PaliGemma 2 folder only: None (the
+            default: big_vision's global attention in every layer, as
+            PaliGemma 2 was trained and as the cards are) or `"config"` (the
+            folder's 4096-token window on the even layers: transformers'
+            outputs at every length). They differ only for suffix tokens more
+            than 4096 positions after a key (896 px inputs).
 
     Returns:
         The destination path. The preset holds the backbone (`SigLIPBackbone`,
@@ -188,7 +203,7 @@ def convert(source, destination, config=None, tokenizer=None, progress=True, ove
             "only (a Hugging Face PaliGemma folder brings its own tokenizer.model; otherwise the preset "
             "is written with the backbone alone)."
         )
-    checkpoint = read_checkpoint(source, config=config, progress=progress)
+    checkpoint = read_checkpoint(source, config=config, progress=progress, sliding_window=sliding_window)
     if tokenizer is not None:
         checkpoint.tokenizer = _read_tokenizer(tokenizer, checkpoint.config["text_encoder"]["vocabulary_size"])
     try:

@@ -178,3 +178,37 @@ def test_what_hugging_face_cannot_express_is_refused(tmp_path):
     with pytest.raises(ValueError, match="input_format = 'naflex'"):
         convert.export_huggingface(tmp_path / "naflex", tmp_path / "export")
     assert not os.path.exists(tmp_path / "export")
+
+
+def test_convert_chooses_the_gemma_2_sliding_window(exported, tmp_path, capsys):
+    """`keras-siglip convert --sliding-window none|config` of an HF PaliGemma 2
+    folder: none (the default) attends globally, as big_vision; config keeps the
+    folder's window, and then the logits equal transformers' on sequences longer
+    than the window (the global model's do not). Elsewhere the option is an error."""
+    from tests.helpers import assert_one_line_error, run_cli
+
+    name, source, _, _, _ = exported
+    if name != "gemma2_window":
+        pytest.skip("one Gemma 2 source is enough")
+    windows = {}
+    for option in (None, "none", "config"):
+        destination = tmp_path / f"preset_{option}"
+        status, out, err = run_cli(capsys, "convert", str(source), str(destination),
+                                   *(["--sliding-window", option] if option else []))
+        assert status == 0, err
+        windows[option] = PaliGemmaBackbone.from_preset(str(destination))
+    window = {option: model.get_config()["sliding_window"] for option, model in windows.items()}
+    assert window == {None: None, "none": None, "config": GEMMA_2["sliding_window"]}, window
+    hf = load_in_transformers(str(source))
+    inputs = make_inputs(seed=3)  # 16 image tokens + text: longer than the 4-token window
+    theirs = reference.hf_text_logits(hf, inputs)
+    differences = {option: max_real_difference(keras_logits(model, inputs), theirs, inputs)
+                   for option, model in windows.items()}
+    assert differences["config"] <= ATOL, differences
+    assert differences["none"] > 100 * ATOL, differences
+    capsys.readouterr()  # transformers' loading bar
+    status, _, err = run_cli(capsys, "convert", str(source), str(tmp_path / "x"), "--sliding-window", "config",
+                             "--to", "huggingface")
+    assert_one_line_error(status, err, "--sliding-window", "not --to huggingface")
+    with pytest.raises(ValueError, match="applies to Hugging Face PaliGemma folders; .* keras_siglip preset"):
+        convert.read_checkpoint(tmp_path / "preset_config", sliding_window="config")
