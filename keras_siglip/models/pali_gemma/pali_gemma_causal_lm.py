@@ -1,5 +1,6 @@
 """PaliGemmaCausalLM: prefix-LM fine-tuning and KV-cached generation."""
 
+import functools
 import types
 
 import keras
@@ -10,7 +11,8 @@ from keras_hub.models import Task
 from keras_siglip.models.cappa.cappa_generation import compile_stateless, make_sampler
 from keras_siglip.models.pali_gemma.pali_gemma_backbone import PaliGemmaBackbone, image_batch
 from keras_siglip.models.pali_gemma.pali_gemma_causal_lm_preprocessor import PaliGemmaCausalLMPreprocessor
-from keras_siglip.models.pali_gemma.pali_gemma_generation import generate_with_cache
+from keras_siglip.models.pali_gemma.pali_gemma_generation import GRAMMARS, generate_with_cache
+from keras_siglip.models.pali_gemma.pali_gemma_generation import output_grammar as output_grammar_fn
 from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 
@@ -176,6 +178,7 @@ class PaliGemmaCausalLM(PresetMixin, Task):
         padding_mask=None,
         top_p=None,
         num_beams=4,
+        output_grammar=None,
     ):
         """Generate text after each (image, prompt) with the KV cache.
 
@@ -202,6 +205,10 @@ class PaliGemmaCausalLM(PresetMixin, Task):
                 its score) or "sampling" (softmax at `temperature`,
                 restricted to the `top_k` most likely tokens and / or to the
                 nucleus of probability `top_p` if set).
+            output_grammar: None, or "detect" / "segment": every step's
+                logits are masked to tokens that keep the output well formed
+                (`<loc>` x 4 [+ `<seg>` x 16] then a label, per object; see
+                `pali_gemma_generation.output_grammar`); needs the tokenizer.
             seed: sampling seed (same seed, same output); None draws anew.
             return_token_ids: also return the `(B, G)` generated ids (EOS
                 kept, pad 0 after it).
@@ -226,15 +233,27 @@ class PaliGemmaCausalLM(PresetMixin, Task):
             raise ValueError(f"Nothing to generate: max_new_tokens={max_new_tokens} (prompt width {width}).")
         max_new_tokens = int(max_new_tokens)
         num_beams = int(num_beams) if strategy == "beam" else None
-        key = ("generate", strategy, float(temperature), top_k, top_p, num_beams, max_new_tokens)
+        grammar = None
+        if output_grammar is not None:
+            if output_grammar not in GRAMMARS:
+                raise ValueError(f"`output_grammar` must be None or one of {GRAMMARS}; got {output_grammar!r}.")
+            tokenizer = getattr(self.preprocessor, "tokenizer", None)
+            if tokenizer is None or tokenizer.loc_token_offset is None:
+                raise ValueError("output_grammar needs a tokenizer with PaliGemma's <loc> and <seg> tokens.")
+            grammar = functools.partial(output_grammar_fn, output_grammar, tokenizer.loc_token_offset,
+                                        tokenizer.seg_token_offset, self._eos_id)
+        key = ("generate", strategy, float(temperature), top_k, top_p, num_beams, output_grammar, max_new_tokens)
 
         def build():
             sampler = make_sampler(strategy, num_beams=num_beams, temperature=temperature, top_k=top_k, top_p=top_p)
 
             def step(images, token_ids, padding_mask):
+                processor = None
+                if grammar is not None:  # generated tokens start after the image and the prompt
+                    processor = grammar(self.backbone.num_image_tokens + token_ids.shape[1])
                 return generate_with_cache(
                     self.backbone, images, token_ids, padding_mask, sampler, max_new_tokens,
-                    eos_id=self._eos_id, pad_id=self._pad_id, model=self,
+                    eos_id=self._eos_id, pad_id=self._pad_id, model=self, logits_processor=processor,
                 )
 
             return sampler, compile_stateless(self, step, sampler.variables)
@@ -270,7 +289,9 @@ class PaliGemmaCausalLM(PresetMixin, Task):
             objects: a string ("cat ; dog") or a list of names, for every image.
             coordinates: "normalized" (`[y1, x1, y2, x2]` in [0, 1]) or
                 "pixels" (of the images given; needs raw arrays).
-            kwargs: passed to `generate`.
+            kwargs: passed to `generate` (its `output_grammar` is "detect":
+                every object the model emits is 4 location tokens and a
+                label; None decodes freely).
 
         Returns:
             A list with one `Detections` (`boxes (n, 4)` float32, `labels`,
@@ -282,6 +303,7 @@ class PaliGemmaCausalLM(PresetMixin, Task):
         batch = np.asarray(ops.convert_to_numpy(images)) if not isinstance(images, (list, tuple)) else images
         single = np.ndim(batch) == 3
         count = 1 if single else len(batch)
+        kwargs.setdefault("output_grammar", "detect")
         texts = self.generate(images, [f"detect {names}"] * count, max_new_tokens=max_new_tokens, **kwargs)
         image_sizes = None
         if coordinates == "pixels":

@@ -23,11 +23,68 @@ generated token, as keras-hub's `CausalLM` does.
 Stopping: the keras-hub sampler's `ops.while_loop` ends as soon as every row has
 produced EOS; a row that has finished earlier gets a point mass on the pad id
 (`pad_finished_rows`), so it keeps padding while the others continue.
+
+Constrained decoding (`output_grammar`): detection and segmentation outputs
+have a fixed shape, `<loc>` x 4 then a label (detect), or `<loc>` x 4,
+`<seg>` x 16, then a label (segment), objects one after another. A step's
+logits are masked to the tokens that keep the output well formed, computed from
+the run of location / segmentation tokens at the end of what is generated, so
+every object the model emits parses.
 """
 
 from keras import ops
 
 from keras_siglip.models.cappa.cappa_generation import pad_finished_rows
+
+GRAMMARS = ("detect", "segment")
+SEG_PER_OBJECT = 16
+
+
+def output_grammar(kind, loc_offset, seg_offset, eos_id, prompt_length):
+    """`fn(logits, sequence, index)` masking `(R, V)` logits to what keeps a
+    `kind` ("detect" or "segment") output well formed.
+
+    At the start: a location token or EOS (no object). Inside an object's
+    4 location tokens: location tokens; then (segment) 16 segmentation tokens;
+    then at least one label token (anything but location, segmentation and EOS
+    tokens); inside a label: anything but segmentation tokens (a location
+    token starts the next object; the separator is the label's own text).
+    `sequence` is the sampler's `(R, S)` buffer, generated tokens from column
+    `prompt_length` on; `index` the column being predicted.
+    """
+    # Here, not at the top: the tokenizer module imports the backbone, which imports this one.
+    from keras_siglip.models.pali_gemma.pali_gemma_tokenizer import NUM_LOC_TOKENS, NUM_SEG_TOKENS
+
+    if kind not in GRAMMARS:
+        raise ValueError(f"The output grammar must be one of {GRAMMARS}; got {kind!r}.")
+    structure = 4 + (SEG_PER_OBJECT if kind == "segment" else 0)
+
+    def process(logits, sequence, index):
+        vocabulary = ops.arange(ops.shape(logits)[-1], dtype="int32")[None]
+        loc_id = ops.logical_and(vocabulary >= loc_offset, vocabulary < loc_offset + NUM_LOC_TOKENS)
+        seg_id = ops.logical_and(vocabulary >= seg_offset, vocabulary < seg_offset + NUM_SEG_TOKENS)
+        eos = ops.equal(vocabulary, eos_id)
+        tokens = ops.cast(sequence, "int32")
+        in_object = ops.logical_and(tokens >= loc_offset, tokens < loc_offset + NUM_LOC_TOKENS)
+        if kind == "segment":
+            in_object = ops.logical_or(in_object, ops.logical_and(tokens >= seg_offset,
+                                                                  tokens < seg_offset + NUM_SEG_TOKENS))
+        positions = ops.arange(ops.shape(sequence)[1], dtype="int32")[None]
+        written = ops.logical_and(positions >= prompt_length, positions < index)
+        # The run of object tokens ending at column index - 1 (0: none, or a label).
+        last_other = ops.max(ops.where(ops.logical_and(written, ops.logical_not(in_object)), positions,
+                                       prompt_length - 1), axis=1)
+        run = (index - 1 - last_other)[:, None]
+        started = index > prompt_length
+        label = ops.logical_not(ops.logical_or(ops.logical_or(loc_id, seg_id), eos))
+        allowed = ops.where(
+            ops.logical_not(started), ops.logical_or(loc_id, eos),  # the first token
+            ops.where(run == 0, ops.logical_not(seg_id),  # in a label (or the next object)
+                      ops.where(run < 4, loc_id,
+                                ops.where(run < structure, seg_id, label))))
+        return ops.where(allowed, logits, ops.full_like(logits, -1e9))
+
+    return process
 
 
 def left_align(values, valid):
@@ -76,7 +133,7 @@ def prefill_inputs(backbone, images, token_ids, padding_mask):
 
 def generate_with_cache(
     backbone, images, token_ids, padding_mask, sampler, max_new_tokens, eos_id=1, pad_id=0,
-    model=None,
+    model=None, logits_processor=None,
 ):
     """Generate `max_new_tokens` tokens after each prompt.
 
@@ -91,6 +148,8 @@ def generate_with_cache(
         eos_id, pad_id: EOS stops a row; finished rows are padded with `pad_id`.
         model: the model holding the backbone (the sampler maps its variables
             on JAX).
+        logits_processor: optional `fn(logits, sequence, index)` rewriting
+            each step's `(R, V)` logits (`output_grammar`).
 
     Returns:
         `(B, G)` int32: the generated tokens, EOS kept, `pad_id` after it.
@@ -126,6 +185,8 @@ def generate_with_cache(
             decoder.embed(token), cache, index - 1, row_padding, row_ar_mask
         )
         logits = ops.cast(logits[:, 0], "float32")
+        if logits_processor is not None:
+            logits = logits_processor(logits, sequence, index)
         logits = pad_finished_rows(logits, sequence, row_mask, index, forced_pad, positions, eos_id)
         return logits, hidden[:, 0], cache
 

@@ -12,6 +12,8 @@ Gemma 1 / Gemma 2: jax 9.5e-7 / 1.2e-6, tensorflow 1.3e-6 / 1.3e-6,
 torch 1.1e-6 / 1.2e-6.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -351,6 +353,92 @@ def text_lm(preprocessor, tokenizer, gemma1):
               "vit_num_layers": 1}
     keras.utils.set_random_seed(0)
     return PaliGemmaCausalLM(PaliGemmaBackbone.from_config(config), preprocessor)
+
+
+def grammar_allows(kind, generated, tokenizer, vocabulary):
+    """Which next ids keep a detect / segment output well formed (4 locations
+    [+ 16 segmentation tokens] then a label, per object), by walking back over
+    what was generated."""
+    loc, seg = tokenizer.loc_token_offset, tokenizer.seg_token_offset
+    ids = np.arange(vocabulary)
+    is_loc, is_seg = (ids >= loc) & (ids < loc + 1024), (ids >= seg) & (ids < seg + 128)
+    run = 0
+    for token in reversed(generated):
+        if not (loc <= token < loc + 1024 or (kind == "segment" and seg <= token < seg + 128)):
+            break
+        run += 1
+    if not generated:
+        return is_loc | (ids == EOS)
+    if run == 0:
+        return ~is_seg
+    if run < 4:
+        return is_loc
+    if run < (20 if kind == "segment" else 4):
+        return is_seg
+    return ~(is_loc | is_seg | (ids == EOS))
+
+
+def well_formed(kind, ids, tokenizer):
+    """Every object is 4 locations [+ 16 segmentation tokens] and >= 1 label
+    token; an output cut by the length limit (no EOS) may end inside one."""
+    ids = [int(t) for t in ids]
+    complete = EOS in ids
+    ids = ids[:ids.index(EOS)] if complete else ids
+    loc, seg = tokenizer.loc_token_offset, tokenizer.seg_token_offset
+    pattern = "".join("L" if loc <= t < loc + 1024 else "S" if seg <= t < seg + 128 else "t" for t in ids)
+    objects = "(?:LLLLS{16}t+)*" if kind == "segment" else "(?:LLLLt+)*"
+    cut = "(?:L{0,4}|LLLLS{0,16})" if kind == "segment" else "L{0,4}"
+    return re.fullmatch(objects + ("" if complete else cut), pattern) is not None
+
+
+@pytest.mark.parametrize("kind", ["detect", "segment"])
+def test_output_grammar_decodes_well_formed_objects(preprocessor, tokenizer, gemma1, kind):
+    """Greedy decoding under `output_grammar` equals an uncached greedy decoder
+    masked by a pure-Python walk of the grammar, and every output is well formed;
+    the same random model decodes ill-formed outputs without it."""
+    config = {**gemma1[1].get_config(), "vocabulary_size": tokenizer.vocabulary_size(), "num_layers": 1,
+              "vit_num_layers": 1}
+    keras.utils.set_random_seed(1)
+    lm = PaliGemmaCausalLM(PaliGemmaBackbone.from_config(config), preprocessor)
+    # Location and segmentation tokens likelier than the rest, so objects start often.
+    embedding = lm.backbone.decoder.token_embedding.embeddings
+    table = numpy(embedding).copy()
+    rng = np.random.default_rng(2)
+    table += rng.normal(0, 0.5, table.shape).astype("float32")
+    table[tokenizer.loc_token_offset:tokenizer.seg_token_offset + 128] *= 1.5
+    embedding.assign(table)
+    images = np.random.default_rng(3).integers(0, 256, (3, 20, 20, 3), dtype=np.uint8)
+    prompts = [f"{kind} cat", f"{kind} dog ; cat", f"{kind} square"]
+    steps = 26 if kind == "segment" else 12
+    _, ours = lm.generate(images, prompts, max_new_tokens=steps, output_grammar=kind, return_token_ids=True)
+    _, free = lm.generate(images, prompts, max_new_tokens=steps, return_token_ids=True)
+    (model_images, token_ids, mask), _ = lm._generation_inputs(images, prompts, None, None)
+    model_images, token_ids, mask = numpy(model_images), numpy(token_ids), numpy(mask)
+    forward = compile_stateless(lm.backbone, lm.backbone)
+    vocabulary = tokenizer.vocabulary_size()
+    for row in range(len(prompts)):
+        prompt = token_ids[row][mask[row].astype(bool)]
+        width, generated = len(prompt) + steps, []
+        positions = np.arange(width)[None]
+        for step in range(steps):
+            tokens = np.zeros((1, width), "int32")
+            tokens[0, :len(prompt)] = prompt
+            tokens[0, len(prompt):len(prompt) + step] = generated
+            inputs = dict(images=model_images[row:row + 1], token_ids=tokens,
+                          padding_mask=(positions < len(prompt) + step).astype("int32"),
+                          response_mask=(positions >= len(prompt)).astype("int32"))
+            logits = numpy(forward({k: ops.convert_to_tensor(v) for k, v in inputs.items()}))[0, len(prompt) + step - 1]
+            logits = np.where(grammar_allows(kind, generated, tokenizer, vocabulary), logits, -np.inf)
+            generated.append(int(np.argmax(logits)))
+            if generated[-1] == EOS:
+                break
+        expected = np.array(generated + [PAD] * (steps - len(generated)), "int32")
+        np.testing.assert_array_equal(ours[row], expected)
+    assert all(well_formed(kind, row, tokenizer) for row in ours), ours
+    assert sum((row >= tokenizer.loc_token_offset).sum() for row in ours) >= 8  # objects were started
+    assert not all(well_formed(kind, row, tokenizer) for row in free), free
+    with pytest.raises(ValueError, match="output_grammar` must be None or one of"):
+        lm.generate(images, prompts, output_grammar="caption")
 
 
 BOX = np.array([0.1, 0.2, 0.7, 0.8], "float32")
