@@ -83,14 +83,28 @@ def resize_weights(out_index, out_size, in_size):
     return weights / ops.sum(weights, axis=-1, keepdims=True)
 
 
-class PositionEmbedding(keras.layers.Layer):
-    """A learned 2-D grid of position embeddings `(grid_h, grid_w, W)`.
+POSITION_EMBEDDINGS = ("learned_2d", "factorized", "factorized_fractional")
 
-    Resized to each image's patch grid with half-pixel antialiased bilinear
-    interpolation (the NaFlex rule, `resize_weights`), so a fixed-resolution
-    model runs at any image size and NaFlex images of any aspect ratio get
-    their own grid. Grids larger than 64 patches per side are fine (big_vision's
-    64x64 canvas returns NaN there).
+
+class PositionEmbedding(keras.layers.Layer):
+    """Learned position embeddings of a patch grid.
+
+    `kind` picks the parameterisation:
+    - `"learned_2d"` (big_vision, SigLIP, PaliGemma): one table `(gh, gw, W)`,
+      resized to each image's patch grid with half-pixel antialiased bilinear
+      interpolation (the NaFlex rule, `resize_weights`), so a fixed-resolution
+      model runs at any image size and NaFlex images of any aspect ratio get
+      their own grid. Grids larger than 64 patches per side are fine
+      (big_vision's 64x64 canvas returns NaN there).
+    - `"factorized"` (NaViT, absolute): `pos(y, x) = E_y[y] + E_x[x]`, tables
+      `(gh, W)` and `(gw, W)` indexed by the patch's row and column: `grid_size`
+      is the largest grid. A token at a row >= gh or column >= gw gets no
+      embedding for that axis, so bound the NaFlex patch count accordingly
+      (a static grid larger than the tables raises).
+    - `"factorized_fractional"` (NaViT, fractional): `pos(y, x) = φ_y(y / h) +
+      φ_x(x / w)`, each a table of `gh` / `gw` entries over [0, 1] read with the
+      same interpolation as `"learned_2d"` at the patch centre's fraction of
+      its image's side: size-independent, any grid.
 
     Call args:
         tokens: `(B, N, W)`.
@@ -100,44 +114,75 @@ class PositionEmbedding(keras.layers.Layer):
             (NaFlex and packed sequences; computed for the whole batch at once).
     """
 
-    def __init__(self, grid_size, **kwargs):
+    def __init__(self, grid_size, kind="learned_2d", **kwargs):
         super().__init__(**kwargs)
+        if kind not in POSITION_EMBEDDINGS:
+            raise ValueError(f"Position embedding kind must be one of {POSITION_EMBEDDINGS}; got {kind!r}.")
         self.grid_size = tuple(grid_size)
+        self.kind = kind
 
     def build(self, input_shape):
         width = input_shape[-1]
-        self.embeddings = self.add_weight(
-            name="embeddings",
-            shape=(*self.grid_size, width),
-            initializer=keras.initializers.RandomNormal(
-                stddev=1.0 / math.sqrt(width)
-            ),
-        )
+        initializer = keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(width))
+        if self.kind == "learned_2d":
+            self.embeddings = self.add_weight(
+                name="embeddings", shape=(*self.grid_size, width), initializer=initializer
+            )
+        else:
+            self.embeddings_y = self.add_weight(
+                name="embeddings_y", shape=(self.grid_size[0], width), initializer=initializer
+            )
+            self.embeddings_x = self.add_weight(
+                name="embeddings_x", shape=(self.grid_size[1], width), initializer=initializer
+            )
 
     def grid(self, size):
-        """The table resized to a static `size=(h, w)`, flattened to `(h*w, W)`."""
-        table = self.embeddings
-        if tuple(size) != self.grid_size:
-            rows = resize_weights(ops.arange(size[0]), size[0], self.grid_size[0])
-            cols = resize_weights(ops.arange(size[1]), size[1], self.grid_size[1])
-            # In float32: under mixed precision the table is read in bfloat16 (torch's
-            # einsum refuses mixed dtypes) and interpolation weights need the bits.
-            resized = ops.einsum("yg,gkd,xk->yxd", rows, ops.cast(table, "float32"), cols)
-            table = ops.cast(resized, table.dtype)
-        return ops.reshape(table, (size[0] * size[1], -1))
+        """The embeddings of a static `size=(h, w)` grid, flattened to `(h*w, W)`."""
+        h, w = size
+        if self.kind == "learned_2d":
+            table = self.embeddings
+            if tuple(size) != self.grid_size:
+                rows = resize_weights(ops.arange(h), h, self.grid_size[0])
+                cols = resize_weights(ops.arange(w), w, self.grid_size[1])
+                # In float32: under mixed precision the table is read in bfloat16 (torch's
+                # einsum refuses mixed dtypes) and interpolation weights need the bits.
+                resized = ops.einsum("yg,gkd,xk->yxd", rows, ops.cast(table, "float32"), cols)
+                table = ops.cast(resized, table.dtype)
+            return ops.reshape(table, (h * w, -1))
+        if self.kind == "factorized":
+            if h > self.grid_size[0] or w > self.grid_size[1]:
+                raise ValueError(
+                    f"A {h}x{w} patch grid exceeds the factorized position tables "
+                    f"({self.grid_size[0]} rows, {self.grid_size[1]} columns).")
+            rows, cols = self.embeddings_y[:h], self.embeddings_x[:w]
+        else:
+            rows = ops.matmul(resize_weights(ops.arange(h), h, self.grid_size[0]),
+                              ops.cast(self.embeddings_y, "float32"))
+            cols = ops.matmul(resize_weights(ops.arange(w), w, self.grid_size[1]),
+                              ops.cast(self.embeddings_x, "float32"))
+        table = ops.cast(rows[:, None, :] + cols[None, :, :], self.embeddings_y.dtype)
+        return ops.reshape(table, (h * w, -1))
 
     def at(self, patch_coords, grid_shapes):
         """Embeddings at `(B, N, 2)` coordinates of images with `(B, N, 2)` grids.
 
-        One matmul for the batch: each token's weights over the stored grid are
-        the outer product of its row and column interpolation weights.
+        One matmul for the batch: each token's weights over the stored table(s)
+        (learned_2d: the outer product of its row and column interpolation
+        weights; factorized: one-hot rows and columns).
         """
         gh, gw = self.grid_size
-        rows = resize_weights(patch_coords[..., 0], grid_shapes[..., 0], gh)
-        cols = resize_weights(patch_coords[..., 1], grid_shapes[..., 1], gw)
-        weights = rows[..., :, None] * cols[..., None, :]
-        weights = ops.reshape(weights, (*ops.shape(weights)[:2], gh * gw))
-        return ops.matmul(weights, ops.reshape(self.embeddings, (gh * gw, -1)))
+        if self.kind == "factorized":
+            rows = ops.one_hot(patch_coords[..., 0], gh, dtype="float32")
+            cols = ops.one_hot(patch_coords[..., 1], gw, dtype="float32")
+        else:
+            rows = resize_weights(patch_coords[..., 0], grid_shapes[..., 0], gh)
+            cols = resize_weights(patch_coords[..., 1], grid_shapes[..., 1], gw)
+        if self.kind == "learned_2d":
+            weights = rows[..., :, None] * cols[..., None, :]
+            weights = ops.reshape(weights, (*ops.shape(weights)[:2], gh * gw))
+            return ops.matmul(weights, ops.reshape(self.embeddings, (gh * gw, -1)))
+        return (ops.matmul(rows, ops.cast(self.embeddings_y, "float32"))
+                + ops.matmul(cols, ops.cast(self.embeddings_x, "float32")))
 
     def call(self, tokens, grid_size=None, patch_coords=None, grid_shapes=None):
         if grid_size is not None:
@@ -147,7 +192,7 @@ class PositionEmbedding(keras.layers.Layer):
         return tokens + ops.cast(embeddings, tokens.dtype)
 
     def get_config(self):
-        return {**super().get_config(), "grid_size": self.grid_size}
+        return {**super().get_config(), "grid_size": self.grid_size, "kind": self.kind}
 
 
 class MlpBlock(keras.layers.Layer):
@@ -398,6 +443,8 @@ class VisionTransformer(keras.layers.Layer):
         num_channels: input channels C.
         remat: rematerialise each transformer block in the backward pass
             (see `Encoder`); saves activation memory when training large towers.
+        position_embedding: `"learned_2d"` (big_vision), `"factorized"` or
+            `"factorized_fractional"` (NaViT); see `PositionEmbedding`.
 
     Call args:
         inputs: `(B, H, W, C)` float images in [-1, 1]; or NaFlex patches, a dict
@@ -431,6 +478,7 @@ class VisionTransformer(keras.layers.Layer):
         num_classes=None,
         num_channels=3,
         remat=False,
+        position_embedding="learned_2d",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -448,7 +496,7 @@ class VisionTransformer(keras.layers.Layer):
         dtype = self.dtype_policy
         self.embedding = keras.layers.Dense(width, name="embedding", dtype=dtype)
         self.position_embedding = PositionEmbedding(
-            self.grid_size, name="position_embedding", dtype=dtype
+            self.grid_size, kind=position_embedding, name="position_embedding", dtype=dtype
         )
         self.encoder = Encoder(
             depth, num_heads, mlp_dim, remat=remat, name="encoder", dtype=dtype
@@ -656,6 +704,7 @@ class VisionTransformer(keras.layers.Layer):
             num_classes=self.num_classes,
             num_channels=self.num_channels,
             remat=self.remat,
+            position_embedding=self.position_embedding.kind,
         )
         return config
 

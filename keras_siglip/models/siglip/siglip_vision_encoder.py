@@ -32,6 +32,11 @@ class SigLIPVisionEncoder(ArrayChecksMixin, PresetMixin, Backbone):
             of keeping its activations (less memory for large towers, same
             values and gradients). Not a weight property: presets saved
             without it load with `False`.
+        position_embedding: `"learned_2d"` (big_vision and every released
+            SigLIP), or NaViT's `"factorized"` (absolute row and column
+            tables of `image_size // P` entries: the largest grid) or
+            `"factorized_fractional"` (row and column tables over [0, 1]);
+            see `keras_siglip.layers.vit.PositionEmbedding`.
 
     Outputs: `(B, width)` (or `(B, num_classes)`); `(B, S, width)` for packed
     sequences.
@@ -50,6 +55,7 @@ class SigLIPVisionEncoder(ArrayChecksMixin, PresetMixin, Backbone):
         num_channels=3,
         input_format="images",
         remat=False,
+        position_embedding="learned_2d",
         dtype=None,
         **kwargs,
     ):
@@ -69,6 +75,7 @@ class SigLIPVisionEncoder(ArrayChecksMixin, PresetMixin, Backbone):
             num_classes=num_classes,
             num_channels=num_channels,
             remat=remat,
+            position_embedding=position_embedding,
             name="vit",
             dtype=dtype,
         )
@@ -101,7 +108,7 @@ class SigLIPVisionEncoder(ArrayChecksMixin, PresetMixin, Backbone):
         vit = self.vit.get_config()
         for key in (
             "patch_size", "width", "depth", "num_heads", "mlp_dim", "pooling",
-            "num_classes", "num_channels", "remat",
+            "num_classes", "num_channels", "remat", "position_embedding",
         ):
             config[key] = vit[key]
         config["image_size"] = self.image_size
