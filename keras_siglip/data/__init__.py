@@ -10,6 +10,8 @@ from keras_siglip.data.packing import (FirstFitPacker, PackingStats, pack_datase
                                        token_drop_indices)
 from keras_siglip.data.tasks import (COUNT_WORDS, SHAPES_TASKS, mix_tasks,
                                      shapes_task_arrays, shapes_task_datasets)
+from keras_siglip.data.resolution_sampling import (draw_side_lengths, sample_resolutions,
+                                                   token_budget)
 from keras_siglip.data.m4 import (BalanceReport, balance_weights, balanced_subsample,
                                   statistics, weighted_dataset)
 from keras_siglip.data.views import silc_views

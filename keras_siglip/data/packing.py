@@ -249,6 +249,9 @@ def pack_dataset(dataset, sequence_length, max_images_per_sequence, buffer_size=
         packed, stats = pack_dataset(images, 256, 8, drop_rate=(0.0, 0.5), seed=0)
         model.fit(packed.batch(32, drop_remainder=True), epochs=3)
         stats.real_fraction, stats.baseline_real_fraction  # e.g. 0.95, 0.40
+
+    NaViT draws each image's resolution before packing: make `images` with
+    `sample_resolutions(raw_images, converter, side_range=(64, 384))`.
     """
     import tensorflow as tf
 

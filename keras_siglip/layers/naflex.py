@@ -209,14 +209,19 @@ class NaFlexImageConverter(PreprocessingLayer):
             spec["grid_shape"] = tf.TensorSpec([2], tf.int32)
         return spec
 
-    def _convert(self, image, n):
-        """One image `(H, W, C)` -> the output dict (TensorFlow ops)."""
+    def _convert(self, image, n, budget=None):
+        """One image `(H, W, C)` -> the output dict (TensorFlow ops), padded to
+        `n` patches; `budget` (an int tensor <= n, default n) caps the image's
+        own patches (NaViT resolution sampling)."""
         p = self.patch_size
         image = _check_image(image)
         rgb = image if image.shape[-1] == 3 else image[..., :3]  # RGBA -> RGB; no copy for RGB
         x = tf.cast(rgb, tf.float32) / 127.5 - 1.0
         h, w = image.shape[0], image.shape[1]
-        if h is not None and w is not None:
+        if budget is not None:
+            shape = tf.shape(image)
+            size = tf.stack(target_size_tf(shape[0], shape[1], p, tf.minimum(budget, n)))
+        elif h is not None and w is not None:
             size = target_size(h, w, p, n)
         else:
             shape = tf.shape(image)
