@@ -11,4 +11,15 @@ from keras_siglip.models.pali_gemma.pali_gemma_segmentation import (
     parse_segmentation_tokens,
     paste_mask,
 )
+from keras_siglip.models.pali_gemma.pali_gemma_tasks import (
+    answer_prompt,
+    caption_prompt,
+    detect_prompt,
+    ocr_prompt,
+    parse_detect,
+    parse_segment,
+    parse_text,
+    question_prompt,
+    segment_prompt,
+)
 from keras_siglip.presets.pali_gemma import pali_gemma_parameter_count

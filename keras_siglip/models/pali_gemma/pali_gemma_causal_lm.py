@@ -13,6 +13,9 @@ from keras_siglip.models.pali_gemma.pali_gemma_backbone import PaliGemmaBackbone
 from keras_siglip.models.pali_gemma.pali_gemma_causal_lm_preprocessor import PaliGemmaCausalLMPreprocessor
 from keras_siglip.models.pali_gemma.pali_gemma_generation import GRAMMARS, generate_with_cache
 from keras_siglip.models.pali_gemma.pali_gemma_generation import output_grammar as output_grammar_fn
+from keras_siglip.models.pali_gemma.pali_gemma_tasks import (
+    answer_prompt, caption_prompt, detect_prompt, ocr_prompt, parse_detect, parse_segment, parse_text, segment_prompt,
+)
 from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 
@@ -92,6 +95,7 @@ class PaliGemmaCausalLM(PresetMixin, Task):
         PaliGemmaImageConverter(image_size=(224, 224)), sequence_length=64))
     lm.generate(images, ["caption en", "detect cat ; dog"], max_new_tokens=32)
     lm.detect(image, ["cat", "dog"], coordinates="pixels")   # [Detections(boxes, labels, text)]
+    lm.caption(images, long=True)   # "describe en"; also ocr, answer(images, "what is this"), segment
     lm.compile()
     lm.fit({"images": x, "prompts": p, "responses": r}, batch_size=8)
     lm.save_to_preset("my_paligemma")   # PaliGemmaCausalLM.from_preset("my_paligemma")
@@ -281,12 +285,59 @@ class PaliGemmaCausalLM(PresetMixin, Task):
         tokenizer = getattr(self.preprocessor, "tokenizer", None)
         return PAD_ID if tokenizer is None else tokenizer.pad_token_id
 
+    # === Tasks (PaliGemma's prompt prefixes, `pali_gemma_tasks`) ===
+
+    def _run_task(self, images, prompts, parse, max_new_tokens, kwargs):
+        """Generate after one prompt per image (`prompts`: one string for all,
+        or a list) and parse each output: `parse(text, (height, width) or None)`."""
+        if kwargs.get("return_token_ids"):
+            raise ValueError("Task methods return parsed outputs; use `generate(..., return_token_ids=True)` for ids.")
+        sizes = _image_sizes(images)
+        prompts = [prompts] * len(sizes) if isinstance(prompts, str) else list(prompts)
+        texts = self.generate(images, prompts, max_new_tokens=max_new_tokens, **kwargs)
+        return [parse(text, size) for text, size in zip(texts, sizes)]
+
+    def caption(self, images, lang="en", long=False, max_new_tokens=None, **kwargs):
+        """Caption each image: the `caption {lang}` prompt, or `describe {lang}`
+        (longer, more detailed; PaliGemma 2 mix) with `long`.
+
+        Args:
+            images: as `generate`; one image or a batch.
+            max_new_tokens: default 32, 256 with `long`.
+            kwargs: passed to `generate` (strategy, num_beams, ...).
+
+        Returns:
+            A list with one caption per image (`pali_gemma_tasks.parse_text`).
+        """
+        if max_new_tokens is None:
+            max_new_tokens = 256 if long else 32
+        return self._run_task(images, caption_prompt(lang, long), lambda text, _: parse_text(text), max_new_tokens,
+                              kwargs)
+
+    def ocr(self, images, max_new_tokens=128, **kwargs):
+        """The text in each image (the `ocr` prompt); a list of strings."""
+        return self._run_task(images, ocr_prompt(), lambda text, _: parse_text(text), max_new_tokens, kwargs)
+
+    def answer(self, images, questions, lang="en", max_new_tokens=32, **kwargs):
+        """Answer a question about each image (`answer {lang} {question}`).
+
+        Args:
+            questions: one question for every image, or a list with one per image.
+
+        Returns:
+            A list with one answer per image.
+        """
+        prompts = (answer_prompt(questions, lang) if isinstance(questions, str)
+                   else [answer_prompt(question, lang) for question in questions])
+        return self._run_task(images, prompts, lambda text, _: parse_text(text), max_new_tokens, kwargs)
+
     def detect(self, images, objects, max_new_tokens=64, coordinates="normalized", **kwargs):
         """Run the `detect {objects}` prompt and parse the output into boxes.
 
         Args:
             images: as `generate`; one image or a batch.
-            objects: a string ("cat ; dog") or a list of names, for every image.
+            objects: a string ("cat ; dog") or a list of names, for every
+                image (`pali_gemma_tasks.detect_prompt`).
             coordinates: "normalized" (`[y1, x1, y2, x2]` in [0, 1]) or
                 "pixels" (of the images given; needs raw arrays).
             kwargs: passed to `generate` (its `output_grammar` is "detect":
@@ -297,21 +348,49 @@ class PaliGemmaCausalLM(PresetMixin, Task):
             A list with one `Detections` (`boxes (n, 4)` float32, `labels`,
             `text`) per image; malformed objects in the output are dropped.
         """
-        from keras_siglip.models.pali_gemma.pali_gemma_outputs import parse_detections
-
-        names = objects if isinstance(objects, str) else " ; ".join(objects)
-        batch = np.asarray(ops.convert_to_numpy(images)) if not isinstance(images, (list, tuple)) else images
-        single = np.ndim(batch) == 3
-        count = 1 if single else len(batch)
-        kwargs.setdefault("output_grammar", "detect")
-        texts = self.generate(images, [f"detect {names}"] * count, max_new_tokens=max_new_tokens, **kwargs)
-        image_sizes = None
-        if coordinates == "pixels":
-            image_sizes = [np.shape(batch)[:2]] if single else [np.shape(image)[:2] for image in batch]
-        elif coordinates != "normalized":
+        if coordinates not in ("normalized", "pixels"):
             raise ValueError(f"`coordinates` must be 'normalized' or 'pixels'; got {coordinates!r}.")
-        results = [
-            parse_detections(text, image_size=None if image_sizes is None else image_sizes[i])
-            for i, text in enumerate(texts)
-        ]
-        return results
+        pixels = coordinates == "pixels"
+
+        def parse(text, size):
+            if pixels and size is None:
+                raise ValueError("coordinates='pixels' needs image arrays, not NaFlex patches.")
+            return parse_detect(text, image_size=size if pixels else None)
+
+        kwargs.setdefault("output_grammar", "detect")
+        return self._run_task(images, detect_prompt(objects), parse, max_new_tokens, kwargs)
+
+    def segment(self, images, objects, mask_decoder=None, max_new_tokens=128, **kwargs):
+        """Run the `segment {objects}` prompt and parse boxes, labels and masks.
+
+        Args:
+            images: as `generate`; one image or a batch.
+            objects: as `detect`.
+            mask_decoder: a `PaliGemmaMaskDecoder` (`load_mask_decoder(
+                "vae-oid.npz")`) to decode each object's mask, pasted at the
+                size of the image given; None for boxes and codes only.
+            kwargs: passed to `generate` (`output_grammar` "segment" by
+                default: 4 location, 16 segmentation tokens and a label per
+                object).
+
+        Returns:
+            One list per image of `parse_segmentation` dicts (`"box"`,
+            `"box_pixels"`, `"label"`, `"codes"`, `"mask_logits"`, `"mask"`),
+            or, for NaFlex inputs (no pixel size), `parse_segmentation_tokens`
+            dicts.
+        """
+        kwargs.setdefault("output_grammar", "segment")
+        return self._run_task(images, segment_prompt(objects),
+                              lambda text, size: parse_segment(text, mask_decoder, size), max_new_tokens, kwargs)
+
+
+def _image_sizes(images):
+    """`(height, width)` of each image given to a task method (None for NaFlex
+    patches); one entry per image."""
+    if isinstance(images, dict):
+        count = 1 if np.ndim(images["patches"]) == 2 else len(images["patches"])
+        return [None] * count
+    if isinstance(images, (list, tuple)):
+        return [tuple(int(s) for s in np.shape(image)[:2]) for image in images]
+    shape = tuple(int(s) for s in np.shape(images))
+    return [shape[:2]] if len(shape) == 3 else [shape[1:3]] * shape[0]
