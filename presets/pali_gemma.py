@@ -1,4 +1,5 @@
-"""Preset cards of the published PaliGemma 1 and PaliGemma 2 pretrained checkpoints.
+"""Preset cards of the published PaliGemma 1 and PaliGemma 2 checkpoints: the
+pretrained (`pt`) ones, PaliGemma 2 `mix` and PaliGemma 2 `ft-docci`.
 
 Architecture only (like `keras_siglip.presets.PUBLISHED_PRESETS`): the
 `PaliGemmaBackbone` config, the parameter count computed from it, and where the
@@ -8,6 +9,19 @@ Listed by `keras-siglip presets` and `keras_siglip.presets.list_presets()`;
 weights (kwargs override the config, e.g. `input_format="naflex"`). No weights
 are shipped: convert the Hugging Face folder (`keras-siglip convert`, which also
 bundles its `tokenizer.model` as a `PaliGemmaCausalLMPreprocessor`).
+
+Variants (`metadata["variant"]`, with the prompts a card's model answers in
+`metadata["prompts"]`):
+- `pt` (224 / 448 / 896 px): pretrained, transfer-oriented; fine-tune them (the
+  task prefixes of the pretraining mixture work, but are not the point).
+- `mix` (PaliGemma 2, 3B / 10B / 28B at 224 / 448 px; Feb 2025): fine-tuned on a
+  mixture of academic tasks, usable as they are: `caption en` (short caption),
+  `describe en` (long description), `ocr`, `answer en <question>`, `detect <thing>
+  ; <thing>` and `segment <thing>` (see `PaliGemmaCausalLM`'s task helpers).
+- `ft-docci` (PaliGemma 2, 3B / 10B at 448 px): fine-tuned on DOCCI for long,
+  fine-grained descriptions: prompt `caption en`.
+Every variant of a size and resolution has the same architecture and the same
+config (soft caps as HF's configs), and converts with the same flags.
 
 Choices where the references differ:
 - Sliding window: HF's Gemma 2 configs put a 4096-token window on the even
@@ -66,6 +80,65 @@ def pali_gemma_parameter_count(config):
     return vision + projector + gemma_parameter_count(config)
 
 
+MIX_RESOLUTIONS = (224, 448)
+DOCCI_RESOLUTION = 448
+PT_PROMPTS = {
+    "caption": "caption {lang}", "ocr": "ocr", "answer": "answer {lang} {question}",
+    "detect": "detect {object} ; {object}", "segment": "segment {object}",
+}
+MIX_PROMPTS = {
+    "caption": "caption {lang}", "describe": "describe {lang}", "ocr": "ocr",
+    "answer": "answer {lang} {question}", "detect": "detect {object} ; {object}", "segment": "segment {object}",
+}
+DOCCI_PROMPTS = {"caption": "caption en"}
+# (variant, names, resolutions, description, HF id pattern, keras-hub Kaggle handle, big_vision, prompts);
+# Kaggle handles as keras-hub 0.32's `pali_gemma_presets.py` (its 28B mix handles put the size first).
+_FINE_TUNED = {
+    "3b": (
+        ("mix", "paligemma2_3b_mix_{res}", MIX_RESOLUTIONS, "mix fine-tuned (caption, describe, OCR, VQA, detect, "
+         "segment)", "google/paligemma2-3b-mix-{res}", "kaggle://keras/paligemma2/keras/pali_gemma2_mix_3b_{res}/2",
+         None, MIX_PROMPTS),
+        ("ft-docci", "paligemma2_3b_ft_docci_{res}", (DOCCI_RESOLUTION,), "fine-tuned on DOCCI (long, detailed "
+         "captions)", "google/paligemma2-3b-ft-docci-{res}",
+         "kaggle://keras/paligemma2/keras/pali_gemma_2_ft_docci_3b_{res}/2",
+         "google/paligemma2-3b-ft-docci-{res}-jax", DOCCI_PROMPTS),
+    ),
+    "10b": (
+        ("mix", "paligemma2_10b_mix_{res}", MIX_RESOLUTIONS, "mix fine-tuned (caption, describe, OCR, VQA, detect, "
+         "segment)", "google/paligemma2-10b-mix-{res}", "kaggle://keras/paligemma2/keras/pali_gemma2_mix_10b_{res}/3",
+         None, MIX_PROMPTS),
+        ("ft-docci", "paligemma2_10b_ft_docci_{res}", (DOCCI_RESOLUTION,), "fine-tuned on DOCCI (long, detailed "
+         "captions)", "google/paligemma2-10b-ft-docci-{res}",
+         "kaggle://keras/paligemma2/keras/pali_gemma2_ft_docci_10b_{res}/3",
+         "google/paligemma2-10b-ft-docci-{res}-jax", DOCCI_PROMPTS),
+    ),
+    "28b": (
+        ("mix", "paligemma2_28b_mix_{res}", MIX_RESOLUTIONS, "mix fine-tuned (caption, describe, OCR, VQA, detect, "
+         "segment)", "google/paligemma2-28b-mix-{res}", "kaggle://keras/paligemma2/keras/pali_gemma2_28b_mix_{res}/3",
+         None, MIX_PROMPTS),
+    ),
+}
+
+
+def _card(family, size, lm, gemma, res, variant, what, prompts, sources):
+    config = pali_gemma_config(gemma, res)
+    return {
+        "metadata": {
+            "family": family,
+            "variant": variant,
+            "description": f"{family} {size} {what} at {res}px: SigLIP So400m/14 "
+                           f"({(res // 14) ** 2} image tokens) + {lm}",
+            "params": pali_gemma_parameter_count(config),
+            "image_size": res,
+            "tokenizer": TOKENIZER,
+            "pad_token": "<pad>",
+            "prompts": dict(prompts),
+        },
+        "config": config,
+        "sources": sources,
+    }
+
+
 def _cards():
     cards = {}
     families = [
@@ -81,25 +154,19 @@ def _cards():
     ]
     for prefix, family, size, lm, gemma, hf, kaggle, big_vision in families:
         for res in RESOLUTIONS:
-            config = pali_gemma_config(gemma, res)
             version = 4 if res == 224 else 3  # keras-hub's 28B handles (unused by the others)
-            cards[f"{prefix}_{res}"] = {
-                "metadata": {
-                    "family": family,
-                    "description": f"{family} {size} pretrained at {res}px: SigLIP So400m/14 "
-                                   f"({(res // 14) ** 2} image tokens) + {lm}",
-                    "params": pali_gemma_parameter_count(config),
-                    "image_size": res,
-                    "tokenizer": TOKENIZER,
-                    "pad_token": "<pad>",
-                },
-                "config": config,
-                "sources": {
-                    "huggingface": f"{hf}-{res}",
-                    "kaggle": kaggle.format(res=res, version=version),
-                    "big_vision": f"PaliGemma vanity name {big_vision.format(res=res)}",
-                },
-            }
+            cards[f"{prefix}_{res}"] = _card(family, size, lm, gemma, res, "pt", "pretrained", PT_PROMPTS, {
+                "huggingface": f"{hf}-{res}",
+                "kaggle": kaggle.format(res=res, version=version),
+                "big_vision": f"PaliGemma vanity name {big_vision.format(res=res)}",
+            })
+        for variant, name, resolutions, what, hf_id, handle, jax_id, prompts in _FINE_TUNED.get(
+                prefix.split("_")[1] if family == "PaliGemma 2" else None, ()):
+            for res in resolutions:
+                sources = {"huggingface": hf_id.format(res=res), "kaggle": handle.format(res=res)}
+                if jax_id:  # the big_vision checkpoint's HF repo (informational: not fetched)
+                    sources["big_vision"] = f"HF {jax_id.format(res=res)}"
+                cards[name.format(res=res)] = _card(family, size, lm, gemma, res, variant, what, prompts, sources)
     return cards
 
 

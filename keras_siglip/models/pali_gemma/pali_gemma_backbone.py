@@ -24,6 +24,7 @@ import numpy as np
 from keras import ops
 from keras_hub.models import Backbone
 
+from keras_siglip.distribution import pali_gemma_layout_map
 from keras_siglip.layers.gemma import GemmaDecoder
 from keras_siglip.layers.vit import VisionTransformer
 from keras_siglip.models.cappa.cappa_backbone import ENCODER_FORMATS, encoder_input
@@ -207,6 +208,49 @@ class PaliGemmaBackbone(PresetMixin, Backbone):
         if isinstance(preset, str) and preset in PALI_GEMMA_PRESETS and not load_weights:
             return cls(**{**PALI_GEMMA_PRESETS[preset]["config"], **kwargs})
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
+
+    @staticmethod
+    def get_layout_map(device_mesh, model_axis="model", data_axis="batch", num_key_value_heads=None):
+        """Sharding of every weight for `keras.distribution.ModelParallel`:
+        data + model parallel PaliGemma (10B / 28B do not fit one accelerator).
+
+        ```python
+        mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"], keras.distribution.list_devices())
+        layout_map = PaliGemmaBackbone.get_layout_map(mesh)
+        keras.distribution.set_distribution(
+            keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch"))
+        model = PaliGemmaCausalLM.from_preset("paligemma2_10b_mix_448")  # built sharded
+        ```
+
+        Why: in float32 the 10B / 28B weights alone take 39 / 111 GB (Adam
+        triples that), more than one accelerator holds; splitting every big
+        kernel over both axes divides that memory by the number of devices,
+        while the model axis also divides each layer's matmuls (no gather of
+        those weights over it). Every big kernel is split on both axes, as keras-hub's
+        `GemmaBackbone.get_layout_map` (the Gemma team's training layout) and
+        `SigLIPBackbone.get_layout_map` do:
+        - `model_axis` (tensor parallel, each device computes its share): the
+          attention heads (Gemma and ViT query / key / value / output), the MLP
+          hidden units (Gemma `ffw_gating`, `ffw_gating_2`, `ffw_linear`; ViT
+          `mlp/dense_0`, `dense_1`), the vocabulary of the tied token embedding,
+          and the output units of the ViT patch embedding and the projector
+          (`vit/head`).
+        - `data_axis` (FSDP, ZeRO-3 style: stored split, gathered for use): the
+          other (width / `hidden_dim`) dimension of the same kernels. The patch
+          embedding's 588 inputs are not split (588 does not divide by 8).
+        - Replicated, declared explicitly (`keras_siglip.distribution.
+          PALI_GEMMA_REPLICATED`): biases, LayerNorm / RMSNorm scales (Gemma 2's
+          post norms included), the position grid and LoRA factors; all small.
+
+        Either axis may be None (pure FSDP on a 1-D data mesh, or pure tensor
+        parallelism). Every split dimension must divide by its axis' size; in
+        particular the model axis must divide the ViT's 16 heads and 4304 MLP
+        units and Gemma's query heads. Key / value heads (PaliGemma 2: 4 / 8 / 16
+        for 3B / 10B / 28B) are split too unless `num_key_value_heads` is given
+        and the model axis does not divide it (PaliGemma 1 has one): then those
+        small kernels are split over the data axis only.
+        """
+        return pali_gemma_layout_map(device_mesh, model_axis, data_axis, num_key_value_heads)
 
     def __call__(self, inputs, *args, **kwargs):
         self._check_inputs(inputs)  # before Keras' input-spec check, with clearer messages

@@ -22,9 +22,12 @@ from keras_siglip.models.pali_gemma import (
 from keras_siglip.presets.pali_gemma import PALI_GEMMA_PRESETS
 from tests.helpers import numpy
 
-NAMES = [f"paligemma_3b_pt_{r}" for r in (224, 448, 896)] + [
+PT = [f"paligemma_3b_pt_{r}" for r in (224, 448, 896)] + [
     f"paligemma2_{size}_pt_{r}" for size in ("3b", "10b", "28b") for r in (224, 448, 896)
 ]
+MIX = [f"paligemma2_{size}_mix_{r}" for size in ("3b", "10b", "28b") for r in (224, 448)]
+DOCCI = ["paligemma2_3b_ft_docci_448", "paligemma2_10b_ft_docci_448"]
+NAMES = PT + MIX + DOCCI
 TEXTS = ["caption en", "detect cat ; dog", "a red circle", "two green triangles", "answer en what colour"] * 8
 
 
@@ -45,6 +48,45 @@ def test_listings_hold_every_pali_gemma_card(capsys):
     assert "google/paligemma2-28b-pt-896" in out and "2,923,335,408" in out  # PaliGemma 3B 224 (HF card)
 
 
+def test_mix_and_docci_cards():
+    """Same architecture as the pt card of their size and resolution; their own
+    HF ids and keras-hub Kaggle handles; the prompts they were fine-tuned on."""
+    for name in MIX + DOCCI:
+        card = PALI_GEMMA_PRESETS[name]
+        meta, sources = card["metadata"], card["sources"]
+        size, res = name.split("_")[1], int(name.split("_")[-1])
+        pt = PALI_GEMMA_PRESETS[f"paligemma2_{size}_pt_{res}"]
+        assert card["config"] == pt["config"] and meta["params"] == pt["metadata"]["params"], name
+        assert meta["image_size"] == card["config"]["image_size"] == res
+        assert meta["family"] == "PaliGemma 2" and f"{res}px" in meta["description"]
+        variant = "mix" if name in MIX else "ft-docci"
+        assert meta["variant"] == variant and pt["metadata"]["variant"] == "pt"
+        assert sources["huggingface"] == f"google/paligemma2-{size}-{variant}-{res}", name
+        assert sources["kaggle"].startswith("kaggle://keras/paligemma2/keras/"), name
+        assert f"{size}_{res}/" in sources["kaggle"] or f"{size}_mix_{res}/" in sources["kaggle"], name
+        assert ("docci" if variant == "ft-docci" else "mix") in sources["kaggle"], name
+    assert set(PALI_GEMMA_PRESETS["paligemma2_10b_mix_448"]["metadata"]["prompts"]) == {
+        "caption", "describe", "ocr", "answer", "detect", "segment"}
+    assert PALI_GEMMA_PRESETS["paligemma2_3b_ft_docci_448"]["metadata"]["prompts"] == {"caption": "caption en"}
+    assert PALI_GEMMA_PRESETS["paligemma2_28b_mix_224"]["sources"]["kaggle"] == (
+        "kaggle://keras/paligemma2/keras/pali_gemma2_28b_mix_224/3")  # keras-hub's handle: size first
+    assert PALI_GEMMA_PRESETS["paligemma2_3b_ft_docci_448"]["sources"]["kaggle"] == (
+        "kaggle://keras/paligemma2/keras/pali_gemma_2_ft_docci_3b_448/2")
+    assert PALI_GEMMA_PRESETS["paligemma2_28b_mix_448"]["metadata"]["params"] == 27_651_076_848
+    assert PALI_GEMMA_PRESETS["paligemma2_3b_mix_224"]["config"]["num_key_value_heads"] == 4
+
+
+@pytest.mark.parametrize("name", ["paligemma2_3b_mix_896", "paligemma2_28b_ft_docci_448", "paligemma_3b_mix_224",
+                                  "paligemma2_3b_ft_docci_224"])
+def test_unreleased_names_still_error(name):
+    assert name not in PALI_GEMMA_PRESETS
+    for load_weights in (False, True):
+        with pytest.raises(ValueError, match="Unknown preset"):
+            PaliGemmaBackbone.from_preset(name, load_weights=load_weights)
+    with pytest.raises(ValueError, match="Unknown preset"):
+        PaliGemmaCausalLM.from_preset(name)
+
+
 def test_card_builds_the_architecture_without_weights(monkeypatch):
     tiny = dict(vocabulary_size=40, image_size=8, num_layers=1, num_query_heads=2, num_key_value_heads=1,
                 hidden_dim=8, intermediate_dim=12, head_dim=4, vit_patch_size=4, vit_hidden_dim=8, vit_num_layers=1,
@@ -57,7 +99,8 @@ def test_card_builds_the_architecture_without_weights(monkeypatch):
     naflex = PaliGemmaBackbone.from_preset("tiny_card", load_weights=False, input_format="naflex",
                                            max_num_patches=6)
     assert naflex.input_format == "naflex" and naflex.num_image_tokens == 6
-    for name in ("tiny_card", "paligemma2_3b_pt_448"):  # tests run offline (KERAS_SIGLIP_OFFLINE)
+    for name in ("tiny_card", "paligemma2_3b_pt_448", "paligemma2_10b_mix_224", "paligemma2_3b_ft_docci_448"):
+        # tests run offline (KERAS_SIGLIP_OFFLINE)
         with pytest.raises(PresetUnavailable, match=r"Could not fetch the weights of .*offline.*convert"):
             PaliGemmaBackbone.from_preset(name)
 

@@ -6,7 +6,9 @@ memory, no download) from the HF configs of the released checkpoints (HF's
 PaliGemma / PaliGemma 2 conversion scripts; tied output embedding counted once),
 and the published counts: 2,923,335,408 for paligemma-3b-pt-224 (HF model card);
 the others are what HF builds, and agree with keras-hub's preset metadata except
-28B at 448 and 896 px, where keras-hub repeats the 224 px count.
+28B at 448 and 896 px, where keras-hub repeats the 224 px count. The mix and
+ft-docci cards share the architecture (and count) of the pt card of their size
+and resolution.
 """
 
 import pytest
@@ -31,6 +33,10 @@ PUBLISHED = {
     "paligemma2_28b_pt_448": 27_651_076_848,
     "paligemma2_28b_pt_896": 27_654_615_792,
 }
+# mix and ft-docci: the architecture of the pt checkpoint of their size and resolution.
+PUBLISHED.update({f"paligemma2_{s}_mix_{r}": PUBLISHED[f"paligemma2_{s}_pt_{r}"] for s in ("3b", "10b", "28b")
+                  for r in (224, 448)})
+PUBLISHED.update({f"paligemma2_{s}_ft_docci_448": PUBLISHED[f"paligemma2_{s}_pt_448"] for s in ("3b", "10b")})
 
 
 def hf_config(config):
@@ -63,7 +69,8 @@ def test_cards_cover_every_release():
     assert sorted(PALI_GEMMA_PRESETS) == sorted(PUBLISHED)
     for name, card in PALI_GEMMA_PRESETS.items():
         assert card["metadata"]["params"] == pali_gemma_parameter_count(card["config"]) == PUBLISHED[name], name
-        assert card["sources"]["huggingface"].endswith(f"-pt-{card['config']['image_size']}"), name
+        variant = card["metadata"]["variant"]
+        assert card["sources"]["huggingface"].endswith(f"-{variant}-{card['config']['image_size']}"), name
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
