@@ -1,4 +1,5 @@
-"""Analysis tools: fractal parameters of per-token surprisal series."""
+"""Analysis tools: fractal parameters of per-token surprisal series, detecting generated text
+by them, and model-level bias metrics (M4)."""
 
 from keras_siglip.analysis import fractal
 from keras_siglip.analysis.fractal import (
@@ -18,4 +19,21 @@ from keras_siglip.analysis.fractal import (
     self_similarity_exponent,
     surprisal,
     token_log_probs,
+)
+from keras_siglip.analysis import bias
+from keras_siglip.analysis.bias import (
+    AssociationBias,
+    RepresentationBias,
+    association_bias,
+    association_bias_from_predictions,
+    representation_bias,
+    zero_shot_predictions,
+)
+from keras_siglip.analysis import detection
+from keras_siglip.analysis.detection import (
+    LogisticDetector,
+    bootstrap_interval,
+    detection_experiment,
+    document_features,
+    roc_auc,
 )

@@ -156,7 +156,9 @@ class BalanceReport:
     the data with all-ones weights and with the balanced weights; the gaps are the
     largest |E_w[s_k] - pi_k| and |Cov_w(s_k, y_r)| (0 when there is nothing to
     measure). `rows` = distinct rows the solver saw; `iterations` = L-BFGS-B
-    iterations over all re-centring `rounds`."""
+    iterations over all re-centring `rounds`. With `proxies`, `proxy_association_*` are
+    the (K, P) covariances Cov_w(s_k, proxy_p) and `proxy_gap_*` their largest |.|
+    (the labels' statistics in `before` / `after` leave the proxies out)."""
     before: dict
     after: dict
     representation_targets: np.ndarray
@@ -170,12 +172,20 @@ class BalanceReport:
     rows: int
     rounds: int
     iterations: int
+    proxy_bound: float | None = None
+    proxy_association_before: np.ndarray = None
+    proxy_association_after: np.ndarray = None
+    proxy_gap_before: float = 0.0
+    proxy_gap_after: float = 0.0
 
     def summary(self):
+        proxies = ("" if self.proxy_association_before is None else
+                   f"proxy |cov| {self.proxy_gap_before:.4f} -> {self.proxy_gap_after:.4f} "
+                   f"(bound {self.proxy_bound}); ")
         return (f"representation gap {self.representation_gap_before:.4f} -> "
                 f"{self.representation_gap_after:.4f} (tolerance {self.representation_tolerance}); "
                 f"association |cov| {self.association_gap_before:.4f} -> "
-                f"{self.association_gap_after:.4f} (bound {self.association_bound}); "
+                f"{self.association_gap_after:.4f} (bound {self.association_bound}); " + proxies +
                 f"mean weight {self.mean_weight:.3f}, effective size "
                 f"{self.after['effective_size']:.0f} of {self.before['effective_size']:.0f}")
 
@@ -276,7 +286,9 @@ def _solve(s, y, p, c, r, pi, eps_r, eps_d, max_weight, mean_weight, max_iterati
 
     use_r, use_d, use_eta = eps_r is not None, eps_d is not None and m > 0, mean_weight is not None
     er = _MARGIN * eps_r if use_r else 0.0
-    ed = _MARGIN * eps_d if use_d else 0.0
+    # eps_d: a scalar, or one bound per label / proxy column (M,), repeated over groups.
+    eps_d_cols = np.broadcast_to(np.asarray(eps_d if use_d else 0.0, np.float64), (m,))
+    ed = np.tile(_MARGIN * eps_d_cols, k)
     sizes = [k if use_r else 0] * 2 + [k * m if use_d else 0] * 2 + [1 if use_eta else 0]
     splits = np.cumsum(sizes)[:-1]
     s_rep = s - pi
@@ -292,7 +304,9 @@ def _solve(s, y, p, c, r, pi, eps_r, eps_d, max_weight, mean_weight, max_iterati
         def shift(x):
             """mu . v + nu per member: what the duals x subtract from the anchors."""
             r_plus, r_minus, d_plus, d_minus, nu = np.split(x, splits)
-            t = nu.sum() - er * (r_plus.sum() + r_minus.sum()) - ed * (d_plus.sum() + d_minus.sum())
+            t = nu.sum() - er * (r_plus.sum() + r_minus.sum())
+            if use_d:
+                t -= ed @ (d_plus + d_minus)
             t = np.full(num_rows, t)
             if use_r:
                 t += np.einsum("nk,k->n", s_rep, r_plus - r_minus)
@@ -325,7 +339,7 @@ def _solve(s, y, p, c, r, pi, eps_r, eps_d, max_weight, mean_weight, max_iterati
         if c @ q <= 1e-9 * (c @ p):
             break
         stats = _stats(s, y, per_row(c * q))  # effective_size is not used here
-        if not use_d or np.abs(stats["association"]).max() <= eps_d:
+        if not use_d or np.all(np.abs(stats["association"]) <= eps_d_cols):
             break
         centre_s, centre_y = stats["representation"], stats["label_rate"]
     return q, rounds, iterations
@@ -344,23 +358,39 @@ def _violations(stats, pi, eps_r, eps_d):
     return out
 
 
-def balance_weights(attributes, labels=None, representation_targets=None, *,
-                    representation_tolerance=0.01, association_bound=0.01, max_weight=1.0,
-                    mean_weight=None, utility=None, max_iterations=2000):
+_SAME = "association_bound"
+
+
+def balance_weights(attributes, labels=None, representation_targets=None, *, proxies=None,
+                    representation_tolerance=0.01, association_bound=0.01, proxy_bound=_SAME,
+                    max_weight=1.0, mean_weight=None, utility=None, max_iterations=2000):
     """M4 weights: representation within tolerance of targets, |covariance| bounded.
 
     Args:
         attributes: (N, K) sensitive-attribute indicators in [0, 1] (one-hot, multi-hot
             for overlapping groups, or soft), or (N,) integer group codes.
-        labels: (N, M) label / proxy indicators in [0, 1], (N,) integer codes, or None
-            (no association constraints).
+        labels: (N, M) label indicators in [0, 1] (the concepts the data should not
+            associate with the sensitive attribute, e.g. occupations), (N,) integer
+            codes, or None (no association constraints on labels).
+        proxies: optional (N, P) indicators in [0, 1] (or (N,) codes) of proxy
+            variables: concepts correlated with the sensitive attribute that a model
+            could use in its place (reference/papers.md h.1: "optionally 'proxies' --
+            concepts correlated with s"). As in the paper they are not sensitive groups
+            (no representation targets) but join the second-order constraints:
+            |Cov_w(s_k, proxy_p)| <= proxy_bound, so the sensitive attribute cannot be
+            recovered from them. They are reported apart from the labels (the paper:
+            proxies help representation bias but can cost association bias, as they
+            compete with the labels for the same weights). None (default) = the
+            behaviour without proxies.
         representation_targets: (K,) target proportions pi_k, a scalar for every group,
             or None: uniform 1/K (needs groups that partition the data); when
             representation_tolerance is None, None means the data's own proportions.
         representation_tolerance: eps_R in |E_w[s_k] - pi_k| <= eps_R; None = no
             representation constraints.
         association_bound: eps_D in |Cov_w(s_k, y_r)| <= eps_D; None = no association
-            constraints.
+            constraints on the labels.
+        proxy_bound: the bound on |Cov_w(s_k, proxy_p)|; default association_bound;
+            None = proxies are only reported, not constrained.
         max_weight: upper end of the weights; 1 (default) makes them keep
             probabilities, as in the paper (down-weighting only); > 1 lets rare
             examples count more than once.
@@ -376,8 +406,16 @@ def balance_weights(attributes, labels=None, representation_targets=None, *,
     """
     num_groups = len(representation_targets) if np.ndim(representation_targets) == 1 else None
     s, y = _inputs(attributes, labels, num_groups)
+    if isinstance(proxy_bound, str) and proxy_bound == _SAME:
+        proxy_bound = association_bound
+    if proxies is None:
+        z = np.zeros((len(s), 0))
+    else:
+        z = _indicators(proxies, "proxies")
+        if len(z) != len(s):
+            raise ValueError(f"attributes and proxies disagree on N: {len(s)} vs {len(z)}.")
     for name, value in (("representation_tolerance", representation_tolerance),
-                        ("association_bound", association_bound)):
+                        ("association_bound", association_bound), ("proxy_bound", proxy_bound)):
         if value is not None and not (np.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0 or None, got {value}.")
     if not (np.isfinite(max_weight) and max_weight > 0):
@@ -394,8 +432,18 @@ def balance_weights(attributes, labels=None, representation_targets=None, *,
     pi = _targets(representation_targets, s, eps_r is not None)
     _check_feasible(s, pi, eps_r, max_weight, mean_weight)
 
-    rows_s, rows_y, anchors, counts, row, member = _group(s, y, utility)
-    q, rounds, iterations = _solve(rows_s, rows_y, anchors, counts, row, pi, eps_r, eps_d,
+    # The solver sees the constrained columns: labels (bound eps_d) and proxies (proxy_bound).
+    columns, bounds = [], []
+    if eps_d is not None:
+        columns.append(y)
+        bounds.append(np.full(y.shape[1], float(eps_d)))
+    if proxy_bound is not None:
+        columns.append(z)
+        bounds.append(np.full(z.shape[1], float(proxy_bound)))
+    y_solve = np.concatenate(columns, 1) if columns else np.zeros((len(s), 0))
+    eps_solve = np.concatenate(bounds) if columns and y_solve.shape[1] else None
+    rows_s, rows_y, anchors, counts, row, member = _group(s, y_solve, utility)
+    q, rounds, iterations = _solve(rows_s, rows_y, anchors, counts, row, pi, eps_r, eps_solve,
                                    max_weight, mean_weight, max_iterations)
     if counts @ q <= 1e-9 * (counts @ anchors):
         raise ValueError("the constraints are jointly infeasible: only weighting every example by 0 "
@@ -403,6 +451,13 @@ def balance_weights(attributes, labels=None, representation_targets=None, *,
     weights = q[member]
     before, after = _stats(s, y, np.ones(len(s))), _stats(s, y, weights)
     problems = _violations(after, pi, eps_r, eps_d)
+    proxy_before = proxy_after = None
+    if proxies is not None:
+        proxy_before = _stats(s, z, np.ones(len(s)))["association"]
+        proxy_after = _stats(s, z, weights)["association"]
+        if proxy_bound is not None:
+            problems += [p.replace("label", "proxy") for p in
+                         _violations({"association": proxy_after}, pi, None, proxy_bound)]
     if mean_weight is not None and abs(weights.mean() - mean_weight) > 1e-3 * mean_weight:
         problems.insert(0, f"mean weight {weights.mean():.4f} instead of mean_weight={mean_weight}")
     if problems:
@@ -410,8 +465,12 @@ def balance_weights(attributes, labels=None, representation_targets=None, *,
                          + (f" and mean_weight={mean_weight}" if mean_weight is not None else "")
                          + ": " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""))
     (rep_before, cov_before), (rep_after, cov_after) = _gaps(before, pi), _gaps(after, pi)
+    def gap(cov):
+        return float(np.abs(cov).max()) if cov is not None and cov.size else 0.0
     report = BalanceReport(before, after, pi, eps_r, eps_d, rep_before, rep_after, cov_before,
-                           cov_after, float(weights.mean()), len(rows_s), rounds, iterations)
+                           cov_after, float(weights.mean()), len(rows_s), rounds, iterations,
+                           proxy_bound if proxies is not None else None, proxy_before, proxy_after,
+                           gap(proxy_before), gap(proxy_after))
     return weights, report
 
 
