@@ -9,8 +9,8 @@ the fractal dimension D = 2 - S. Natural language gives S ~ 0.59, H ~ 0.70,
 J ~ 0.49 (PaLM2-L on The Pile).
 
 `ks.analysis.fractal_analysis` takes log-probabilities from any scoring model;
-`ks.analysis.score_token_log_probs` gets them from a `CapPaCaptioner` (or any
-callable returning logits). Here:
+`ks.analysis.score_token_log_probs` gets them from a keras-hub `CausalLM`, a Hugging
+Face causal LM, a `CapPaCaptioner` (or any callable returning logits). Here:
 
 (a) fractional Gaussian noise with known H, where S = H = J in theory;
 (b) a tiny CapPa captioner, trained for a few seconds on the procedural shapes data,

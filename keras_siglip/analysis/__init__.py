@@ -31,9 +31,12 @@ from keras_siglip.analysis.bias import (
 )
 from keras_siglip.analysis import detection
 from keras_siglip.analysis.detection import (
+    GenerationRow,
     LogisticDetector,
     bootstrap_interval,
     detection_experiment,
     document_features,
+    generation_sweep,
+    keras_hub_generator,
     roc_auc,
 )

@@ -19,6 +19,10 @@ generated documents. Here:
   (score, label) pairs.
 - `detection_experiment`: split documents into train / test halves, fit one
   detector per feature set, report held-out ROC-AUC with a bootstrap interval.
+- `generation_sweep`: the paper's other experiment, one LM generating at several
+  temperatures and prompting methods, each set of documents scored and measured
+  (pooled parameters and the per-document spread); `keras_hub_generator` makes
+  the `generate` function of a keras-hub `CausalLM`.
 
 The paper's exact baseline features and classifier are not public (its summaries
 name neither); these are the standard perplexity-based features and a linear
@@ -246,3 +250,76 @@ def detection_experiment(human_features, generated_features, names=FEATURE_SETS[
             bootstrap_interval(roc_auc, scores, test_labels, num_bootstrap, confidence, seed),
             len(train), len(test))
     return results
+
+
+# === The follow-up paper's experiment: one LM generating at several temperatures ===
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRow:
+    """Fractal structure of the documents one prompting method produced at one
+    temperature: `fractal` pools them (`fractal_analysis`), `features` holds each
+    document's `document_features` row, `spread` the standard deviation of the
+    per-document S and H (the paper: generated text spreads where human text
+    stays in a narrow region)."""
+
+    method: str
+    temperature: float
+    fractal: object
+    features: np.ndarray
+    spread: dict
+    log_probs: list
+
+
+def generation_sweep(generate, scorer, prompts, temperatures, *, batch_size=8, feature_kwargs=None,
+                     fractal_kwargs=None, progress=True):
+    """Generate with one LM at several temperatures (and prompting methods), score
+    the documents, and measure their fractal parameters.
+
+    Args:
+        generate: `generate(prompts, temperature) -> documents`, a list of token
+            id sequences or of texts (e.g. `keras_hub_generator(lm, max_length)`).
+        scorer: what scores the documents, as `score_token_log_probs` takes it
+            (the generating LM itself, or a reference LM); texts need a scorer
+            that tokenizes.
+        prompts: a list of prompts (one document each), or `{method: prompts}`
+            to compare prompting methods (continuation, outline, keywords...).
+        temperatures: decoding temperatures.
+        batch_size: documents per scoring pass.
+        feature_kwargs: passed to `document_features`.
+        fractal_kwargs: passed to `fractal_analysis` (pooled S, H, J, D).
+
+    Returns:
+        A list of `GenerationRow`, methods outer, temperatures inner.
+    """
+    from keras_siglip.analysis.fractal import fractal_analysis, score_token_log_probs
+
+    methods = prompts if isinstance(prompts, dict) else {"prompts": prompts}
+    rows = []
+    for method, method_prompts in methods.items():
+        for temperature in temperatures:
+            documents = list(generate(list(method_prompts), float(temperature)))
+            if len(documents) != len(method_prompts):
+                raise ValueError(f"generate returned {len(documents)} documents for {len(method_prompts)} prompts.")
+            as_texts = bool(documents) and isinstance(documents[0], str)
+            log_probs = score_token_log_probs(
+                scorer, texts=documents if as_texts else None, token_ids=None if as_texts else documents,
+                batch_size=batch_size, progress=progress)
+            features, names = document_features(log_probs, **(feature_kwargs or {}))
+            spread = {name: float(np.std(features[:, names.index(name)])) for name in ("S", "H")}
+            rows.append(GenerationRow(method, float(temperature), fractal_analysis(log_probs, **(fractal_kwargs or {})),
+                                      features, spread, log_probs))
+    return rows
+
+
+def keras_hub_generator(causal_lm, max_length, seed=0):
+    """`generate(prompts, temperature)` for `generation_sweep` from a keras-hub
+    `CausalLM`: random sampling at the temperature (`keras_hub.samplers.
+    RandomSampler`), `max_length` tokens in all, texts out (prompt included)."""
+    import keras_hub
+
+    def generate(prompts, temperature):
+        causal_lm.compile(sampler=keras_hub.samplers.RandomSampler(temperature=temperature, seed=seed))
+        return [str(text) for text in causal_lm.generate(list(prompts), max_length=max_length)]
+
+    return generate

@@ -32,6 +32,7 @@ a matrix product.
 
 import dataclasses
 import math
+import sys
 
 import numpy as np
 
@@ -145,74 +146,134 @@ def _pad_token_ids(token_ids, pad_id):
 
 
 def score_token_log_probs(scorer, token_ids=None, *, texts=None, images=None, batch_size=32,
-                          pad_id=PAD_ID):
+                          pad_id=PAD_ID, progress=True):
     """Teacher-forced per-token log-probabilities, one array per document.
 
     Args:
-        scorer: a `CapPaCaptioner`-like task (anything with `backbone.encode_images`
-            and `decoder(token_ids, encoded) -> (B, L, V)` logits; needs `images`),
-            or any callable returning `(B, L, V)` logits: `scorer(token_ids)`
-            without images, `scorer(token_ids, images)` with them (e.g. a causal
-            LM's forward pass, aligned so position t scores `token_ids[:, t]`).
+        scorer: one of
+            - a keras-hub `CausalLM` (e.g. `GemmaCausalLM.from_preset(...)`);
+            - a Hugging Face causal LM (`transformers.AutoModelForCausalLM`, torch);
+            - a `CapPaCaptioner`-like task (anything with `backbone.encode_images`
+              and `decoder(token_ids, encoded) -> (B, L, V)` logits; needs `images`);
+            - any callable returning `(B, L, V)` logits: `scorer(token_ids)`
+              without images, `scorer(token_ids, images)` with them, aligned so
+              position t scores `token_ids[:, t]`.
+            A causal LM's logits at position t predict token t + 1: its first
+            token (BOS) is context only, so each document gets one log-probability
+            fewer than it has tokens.
         token_ids: `(N, L)` int targets right-padded with `pad_id`, or a list of N
-            variable-length int sequences (padded per call). Or pass
-        texts: N strings, tokenized with `scorer.preprocessor.pack_texts` (CapPa:
-            EOS appended, padded to the preprocessor's `sequence_length`).
+            variable-length int sequences (padded per batch). Or pass
+        texts: N strings, tokenized by the scorer's preprocessor: a keras-hub
+            CausalLM's tokenizer (with its start token when the preprocessor adds
+            one; never truncated), or `pack_texts` of a captioner (CapPa: EOS
+            appended, padded to the preprocessor's `sequence_length`). A Hugging
+            Face model needs `token_ids` from its tokenizer.
         images: optional `(N, H, W, C)`; raw images when the scorer has a
             preprocessor with `convert_images` (as `CapPaCaptioner.score`), else
             model-ready.
         batch_size: documents per forward pass.
-        pad_id: padding id; padding positions are dropped from the output.
+        pad_id: padding id of `token_ids` (a keras-hub CausalLM's texts are
+            padded with its tokenizer's); padding positions are dropped.
+        progress: show a progress bar over the batches (standard error).
 
     Returns:
         A list of N float64 arrays of natural-log probabilities (<= 0), each the
-        length of its document's non-padding tokens.
+        length of its document's scored tokens.
     """
     from keras import ops
 
     if (token_ids is None) == (texts is None):
         raise ValueError("Pass exactly one of `token_ids` and `texts`.")
+    causal = _causal_lm_kind(scorer)
     preprocessor = getattr(scorer, "preprocessor", None)
     if texts is not None:
         texts = [texts] if isinstance(texts, str) else list(texts)
-        if preprocessor is None or getattr(preprocessor, "tokenizer", None) is None:
-            raise ValueError("Scoring `texts` needs a scorer with a preprocessor and tokenizer.")
         if not texts:
             raise ValueError("No texts to score.")
-        token_ids = np.asarray(ops.convert_to_numpy(preprocessor.pack_texts(texts)))
-    token_ids = _pad_token_ids(token_ids, pad_id)
+        if causal == "transformers":
+            raise ValueError("A Hugging Face model scores `token_ids`: tokenize the texts with its tokenizer.")
+        if preprocessor is None or getattr(preprocessor, "tokenizer", None) is None:
+            raise ValueError("Scoring `texts` needs a scorer with a preprocessor and tokenizer.")
+        if causal == "keras_hub":
+            token_ids, pad_id = _causal_lm_token_ids(preprocessor, texts), preprocessor.tokenizer.pad_token_id
+        else:
+            token_ids = np.asarray(ops.convert_to_numpy(preprocessor.pack_texts(texts)))
     num_docs = len(token_ids)
     if num_docs == 0:
         raise ValueError("No token sequences to score.")
-    is_task = hasattr(scorer, "decoder") and hasattr(getattr(scorer, "backbone", None), "encode_images")
+    is_task = causal is None and hasattr(scorer, "decoder") and hasattr(getattr(scorer, "backbone", None),
+                                                                        "encode_images")
     if is_task and images is None:
         raise ValueError("An image-conditioned captioner needs `images` (one per document).")
+    if causal is not None and images is not None:
+        raise ValueError("A causal LM scores text only; `images` are for captioners.")
     if not is_task and not callable(scorer):
-        raise TypeError(f"`scorer` must be a captioner task or a callable; got {type(scorer)}.")
+        raise TypeError(f"`scorer` must be a causal LM, a captioner task or a callable; got {type(scorer)}.")
     if images is not None and len(images) != num_docs:
         raise ValueError(f"Got {len(images)} images for {num_docs} documents.")
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1; got {batch_size}.")
 
+    from tqdm.auto import tqdm
+
     outputs = []
-    for start in range(0, num_docs, batch_size):
-        ids = token_ids[start : start + batch_size]
-        if is_task or images is not None:
+    for start in tqdm(range(0, num_docs, batch_size), desc="scoring", unit="batch", disable=not progress,
+                      file=sys.stderr):
+        ids = _pad_token_ids(token_ids[start : start + batch_size], pad_id)
+        if causal is not None:
+            logits = _causal_lm_logits(scorer, causal, ids, pad_id)
+            # Position t predicts token t + 1: the first token is context only.
+            logits, ids = logits[:, :-1], ids[:, 1:]
+        elif is_task or images is not None:
             batch_images = images[start : start + batch_size]
             if preprocessor is not None and hasattr(preprocessor, "convert_images"):
                 batch_images = preprocessor.convert_images(batch_images)
             batch_images = ops.convert_to_tensor(batch_images, dtype="float32")
-        if is_task:
-            logits = scorer.decoder(ops.convert_to_tensor(ids), scorer.backbone.encode_images(batch_images))
-        elif images is not None:
-            logits = scorer(ops.convert_to_tensor(ids), batch_images)
+            if is_task:
+                logits = scorer.decoder(ops.convert_to_tensor(ids), scorer.backbone.encode_images(batch_images))
+            else:
+                logits = scorer(ops.convert_to_tensor(ids), batch_images)
         else:
             logits = scorer(ops.convert_to_tensor(ids))
         log_probs = np.asarray(ops.convert_to_numpy(token_log_probs(logits, ids, pad_id)), np.float64)
         mask = ids != pad_id
         outputs.extend(row[keep] for row, keep in zip(log_probs, mask))
     return outputs
+
+
+def _causal_lm_kind(scorer):
+    """"keras_hub" for a keras-hub CausalLM, "transformers" for a Hugging Face
+    model, else None."""
+    if (type(scorer).__module__ or "").startswith("transformers.") and hasattr(scorer, "config"):
+        return "transformers"
+    from keras_hub.models import CausalLM
+
+    return "keras_hub" if isinstance(scorer, CausalLM) else None
+
+
+def _causal_lm_token_ids(preprocessor, texts):
+    """keras-hub CausalLM texts -> token id lists, with the start token where the
+    preprocessor adds one (no end token, no truncation)."""
+    tokenizer = preprocessor.tokenizer
+    start = [tokenizer.start_token_id] if getattr(preprocessor, "add_start_token", True) else []
+    rows = [start + [int(t) for t in np.asarray(tokenizer(text)).reshape(-1)] for text in texts]
+    if min(len(row) for row in rows) < 2:
+        raise ValueError("A causal LM needs at least two tokens per document (the first is context only); "
+                         "got an empty text.")
+    return rows
+
+
+def _causal_lm_logits(scorer, kind, ids, pad_id):
+    """`(B, L, V)` logits of a causal LM on right-padded `ids`."""
+    if kind == "keras_hub":
+        return scorer({"token_ids": ids, "padding_mask": ids != pad_id})
+    import torch
+
+    with torch.no_grad():
+        output = scorer(input_ids=torch.as_tensor(ids, dtype=torch.long),
+                        attention_mask=torch.as_tensor(ids != pad_id, dtype=torch.long))
+    return output.logits.float().cpu().numpy()
 
 
 # === Series preparation ===

@@ -132,3 +132,74 @@ def test_bad_inputs_are_refused():
         detection_experiment(good, good, test_fraction=1.0)
     with pytest.raises(ValueError, match="both classes"):
         LogisticDetector().fit(good, np.zeros(10))
+
+
+V = 12
+BIGRAM = np.random.default_rng(5).normal(size=(V, V)) * 2.0  # peaked next-token distributions
+BIGRAM[:, 0] = -1e9  # never the padding id
+
+
+def bigram_generate(prompts, temperature, length=400):
+    """A numpy bigram LM sampling at `temperature`: each document starts with its prompt token."""
+    documents = []
+    for prompt in prompts:
+        rng = np.random.default_rng([int(prompt), int(temperature * 100)])
+        tokens = [int(prompt)]
+        for _ in range(length - 1):
+            logits = BIGRAM[tokens[-1]] / temperature
+            p = np.exp(logits - logits.max())
+            tokens.append(int(rng.choice(V, p=p / p.sum())))
+        documents.append(tokens)
+    return documents
+
+
+def bigram_scorer(token_ids):
+    """Logits aligned with the targets: position t scores token t given token t - 1 (0 before the first)."""
+    ids = np.asarray(token_ids)
+    previous = np.pad(ids[:, :-1], [[0, 0], [1, 0]])
+    return BIGRAM[previous].astype("float32")
+
+
+def test_generation_sweep_scores_each_temperature_and_method():
+    from keras_siglip.analysis import detection
+    from keras_siglip.analysis.fractal import fractal_analysis
+
+    prompts = {"short": [1, 2, 3, 4], "long": [5, 6, 7, 8]}
+    # A bigram's surprisal takes few distinct values: a wide epsilon keeps increments inside it.
+    settings = {"tau_scales": (4, 8, 16, 32), "hurst_scales": (16, 32, 64), "epsilon": 1.0}
+    rows = detection.generation_sweep(bigram_generate, bigram_scorer, prompts, (0.7, 1.0, 1.4),
+                                      feature_kwargs={"epsilon": 1.0}, fractal_kwargs=settings, progress=False)
+    assert [(r.method, r.temperature) for r in rows] == [(m, t) for m in prompts for t in (0.7, 1.0, 1.4)]
+    table = BIGRAM - np.log(np.exp(BIGRAM - BIGRAM.max(1, keepdims=True)).sum(1, keepdims=True)) \
+        - BIGRAM.max(1, keepdims=True)
+    for row in rows:
+        documents = bigram_generate(prompts[row.method], row.temperature)
+        for doc, log_probs in zip(documents, row.log_probs):  # numpy log-softmax of the bigram table
+            np.testing.assert_allclose(log_probs, table[[0] + doc[:-1], doc], atol=1e-4)
+        assert row.fractal.H == fractal_analysis(row.log_probs, **settings).H
+        assert row.features.shape == (4, 5) and set(row.spread) == {"S", "H"}
+    # Hotter sampling picks less likely tokens: the mean surprisal rises with temperature.
+    for method in prompts:
+        means = [r.features[:, 3].mean() for r in rows if r.method == method]
+        assert means[0] < means[1] < means[2], means
+    with pytest.raises(ValueError, match="3 documents for 4 prompts"):
+        detection.generation_sweep(lambda p, t: bigram_generate(p[:3], t), bigram_scorer, [1, 2, 3, 4], (1.0,),
+                                   progress=False)
+
+
+def test_keras_hub_generator_samples_texts_at_a_temperature(gemma_proto):
+    import keras
+    import keras_hub
+
+    from keras_siglip.analysis.detection import keras_hub_generator
+
+    tokenizer = keras_hub.models.GemmaTokenizer(proto=gemma_proto)
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GemmaBackbone(
+        vocabulary_size=tokenizer.vocabulary_size(), num_layers=1, num_query_heads=2, num_key_value_heads=1,
+        hidden_dim=16, intermediate_dim=32, head_dim=8)
+    lm = keras_hub.models.GemmaCausalLM(backbone, keras_hub.models.GemmaCausalLMPreprocessor(tokenizer))
+    generate = keras_hub_generator(lm, max_length=10, seed=3)
+    texts = generate(["a photo of", "two blue"], 0.8)
+    assert len(texts) == 2 and texts[0].startswith("a photo of") and texts[1].startswith("two blue")
+    assert generate(["a photo of", "two blue"], 0.8) == texts  # seeded
