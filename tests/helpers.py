@@ -220,6 +220,23 @@ def png(image):
     return buffer.getvalue()
 
 
+def tiny_gemma_causal_lm(tokenizer=None, vocabulary_size=20, num_layers=1, seed=0, **preprocessor_kwargs):
+    """A tiny random keras-hub `GemmaCausalLM`: with a `GemmaTokenizer`, its
+    vocabulary and a `GemmaCausalLMPreprocessor(tokenizer, **preprocessor_kwargs)`;
+    without, `vocabulary_size` and no preprocessor."""
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.GemmaBackbone(
+        vocabulary_size=tokenizer.vocabulary_size() if tokenizer is not None else vocabulary_size,
+        num_layers=num_layers, num_query_heads=2, num_key_value_heads=1, hidden_dim=16, intermediate_dim=32,
+        head_dim=8)
+    preprocessor = (keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, **preprocessor_kwargs)
+                    if tokenizer is not None else None)
+    return keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=preprocessor)
+
+
 def tiny_captioner_preset(path, locca=True, seed=0):
     """Saves a tiny LocCa (or, with `locca=False`, CapPa) captioner with random
     (perturbed) weights to the preset folder `path`: 32 px images, a T5-layout

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_siglip.analysis import score_token_log_probs
+from tests.helpers import tiny_gemma_causal_lm
 
 DOCUMENTS = [[2, 5, 9, 4, 7, 11], [2, 3, 3, 8], [2, 12, 6, 10, 5, 4, 9, 13, 6]]
 
@@ -26,13 +27,7 @@ def prefix_reference(last_logits, documents):
 
 @pytest.fixture(scope="module")
 def keras_hub_lm():
-    import keras_hub
-
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.GemmaBackbone(
-        vocabulary_size=20, num_layers=2, num_query_heads=2, num_key_value_heads=1, hidden_dim=16,
-        intermediate_dim=32, head_dim=8)
-    return keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
+    return tiny_gemma_causal_lm(num_layers=2)
 
 
 def test_keras_hub_causal_lm_scores_each_token_given_its_prefix(keras_hub_lm):
@@ -53,12 +48,7 @@ def test_keras_hub_texts_are_tokenized_with_the_start_token_and_never_truncated(
     import keras_hub
 
     tokenizer = keras_hub.models.GemmaTokenizer(proto=gemma_proto)
-    keras.utils.set_random_seed(1)
-    backbone = keras_hub.models.GemmaBackbone(
-        vocabulary_size=tokenizer.vocabulary_size(), num_layers=1, num_query_heads=2, num_key_value_heads=1,
-        hidden_dim=16, intermediate_dim=32, head_dim=8)
-    preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=4)  # shorter than a text
-    lm = keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=preprocessor)
+    lm = tiny_gemma_causal_lm(tokenizer, seed=1, sequence_length=4)  # shorter than a text
     texts = ["a photo of a red circle", "two blue squares at the bottom"]
     ids = [[tokenizer.start_token_id] + [int(t) for t in np.asarray(tokenizer(text))] for text in texts]
     from_texts = score_token_log_probs(lm, texts=texts, progress=False)

@@ -188,17 +188,12 @@ def test_generation_sweep_scores_each_temperature_and_method():
 
 
 def test_keras_hub_generator_samples_texts_at_a_temperature(gemma_proto):
-    import keras
     import keras_hub
 
     from keras_siglip.analysis.detection import keras_hub_generator
+    from tests.helpers import tiny_gemma_causal_lm
 
-    tokenizer = keras_hub.models.GemmaTokenizer(proto=gemma_proto)
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.GemmaBackbone(
-        vocabulary_size=tokenizer.vocabulary_size(), num_layers=1, num_query_heads=2, num_key_value_heads=1,
-        hidden_dim=16, intermediate_dim=32, head_dim=8)
-    lm = keras_hub.models.GemmaCausalLM(backbone, keras_hub.models.GemmaCausalLMPreprocessor(tokenizer))
+    lm = tiny_gemma_causal_lm(keras_hub.models.GemmaTokenizer(proto=gemma_proto))
     generate = keras_hub_generator(lm, max_length=10, seed=3)
     texts = generate(["a photo of", "two blue"], 0.8)
     assert len(texts) == 2 and texts[0].startswith("a photo of") and texts[1].startswith("two blue")
