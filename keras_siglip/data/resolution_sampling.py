@@ -40,19 +40,17 @@ def _check(side_range, distribution, std, on):
     return float(low), float(high)
 
 
-def _side_lengths(index, seed, side_range, distribution, mean, std, on):
-    """Side lengths (float64) of the images with indices `index` (TensorFlow ops)."""
+def _side_length(index, seed, side_range, distribution, mean, std, on):
+    """The side length (float64 scalar) drawn for image `index` (TensorFlow ops)."""
     low, high = side_range
-    seeds = tf.random.experimental.stateless_split(tf.constant([seed, 7], tf.int64), 1)[0]
-    uniform = tf.map_fn(
-        lambda i: tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seeds, i),
-                                              dtype=tf.float64),
-        tf.cast(index, tf.int64), fn_output_signature=tf.float64,
-    )
+    key = tf.random.experimental.stateless_split(tf.constant([seed, 7], tf.int64), 1)[0]
+    key = tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))
+    uniform = tf.random.stateless_uniform([], key, dtype=tf.float64)
     if distribution == "uniform":
         draw = 2.0 * uniform - 1.0
     else:  # inverse CDF of the normal restricted to [-1, 1]
         mean, std = tf.constant(mean, tf.float64), tf.constant(std, tf.float64)
+
         def cdf(x):
             return 0.5 * tf.math.erfc(-x / np.sqrt(2.0))
 
@@ -77,7 +75,9 @@ def draw_side_lengths(num_images, side_range=(64, 384), distribution="truncated_
     """The float64 `(num_images,)` side lengths that `sample_resolutions` (same
     arguments) draws for its first images."""
     side_range = _check(side_range, distribution, std, on)
-    draw = tf.function(lambda index: _side_lengths(index, seed, side_range, distribution, mean, std, on))
+    draw = tf.function(lambda indices: tf.map_fn(
+        lambda i: _side_length(i, seed, side_range, distribution, mean, std, on), indices,
+        fn_output_signature=tf.float64))
     return draw(tf.range(num_images)).numpy()
 
 
@@ -117,7 +117,7 @@ def sample_resolutions(dataset, image_converter, side_range=(64, 384), distribut
     def convert(index, example):
         example = dict(example)
         image = example.pop(image_key)
-        side = _side_lengths(index[None], seed, side_range, distribution, mean, std, on)[0]
+        side = _side_length(index, seed, side_range, distribution, mean, std, on)
         budget = token_budget(side, image_converter.patch_size)
         example.update(image_converter._convert(image, image_converter.max_num_patches, budget=budget))
         return example
