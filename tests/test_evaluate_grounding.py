@@ -323,10 +323,15 @@ def _drop(path):
     (None, "val", "MDETR-style file"),
 ])
 def test_mdetr_flavour_errors(tmp_path, change, split, error):
+    assert_refused(tmp_path, mdetr_json, change, split, error)
+
+
+def assert_refused(tmp_path, layout, change, split, error):
+    """`refcoco` refuses the `layout` JSON after `change`, with `error`."""
     from keras_siglip.evaluate import refcoco
 
     write_pictures(tmp_path)
-    data = mdetr_json(tmp_path)
+    data = layout(tmp_path)
     if change is not None:
         change(data)
     (tmp_path / "bad.json").write_text(json.dumps(data))
@@ -347,15 +352,7 @@ def test_mdetr_flavour_errors(tmp_path, change, split, error):
     (_set(("refs",), {}), None, "'refs' must be a list of refs; got dict"),
 ])
 def test_refs_flavour_errors(tmp_path, change, split, error):
-    from keras_siglip.evaluate import refcoco
-
-    write_pictures(tmp_path)
-    data = refs_json(tmp_path)
-    if change is not None:
-        change(data)
-    (tmp_path / "bad.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=error):
-        refcoco(tmp_path, tmp_path / "bad.json", split=split)
+    assert_refused(tmp_path, refs_json, change, split, error)
 
 
 def test_other_models_are_refused(tmp_path, locca, monkeypatch):
