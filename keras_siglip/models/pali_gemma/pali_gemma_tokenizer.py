@@ -25,6 +25,32 @@ SEG_TOKENS = tuple(f"<seg{i:03d}>" for i in range(NUM_SEG_TOKENS))
 SEPARATOR = "\n"
 
 
+def train_gemma_sentencepiece(texts, vocabulary_size, model_type="bpe", user_defined_symbols=(SEPARATOR,)):
+    """A SentencePiece model (serialized bytes) in Gemma's layout, trained on `texts`.
+
+    `<pad>` 0, `<eos>` 1, `<bos>` 2, `<unk>` 3, then `user_defined_symbols`
+    (matched whole, never split), byte fallback, identity normalisation, no
+    dummy prefix, digits split: what `keras_hub.models.GemmaTokenizer` and
+    `PaliGemmaTokenizer` expect. `vocabulary_size` is an upper bound.
+    """
+    import sentencepiece
+
+    texts = [str(t) for t in texts]
+    if not texts:
+        raise ValueError("Training a SentencePiece model needs at least one text.")
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=int(vocabulary_size),
+        model_type=model_type, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        user_defined_symbols=list(user_defined_symbols),
+        normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, byte_fallback=True, split_digits=True,
+        hard_vocab_limit=False, minloglevel=2,
+    )
+    return model.getvalue()
+
+
 @keras.saving.register_keras_serializable(package="keras_siglip")
 class PaliGemmaTokenizer(PresetMixin, SentencePieceTokenizer):
     """SentencePiece tokenizer of PaliGemma 1 and 2 (Gemma's, plus loc/seg tokens).
@@ -116,27 +142,12 @@ class PaliGemmaTokenizer(PresetMixin, SentencePieceTokenizer):
 
     @classmethod
     def from_texts(cls, texts, vocabulary_size=2000, model_type="bpe", **kwargs):
-        """Train a small PaliGemma-style SentencePiece model on `texts`.
-
-        Gemma's layout: `<pad>` 0, `<eos>` 1, `<bos>` 2, `<unk>` 3, then "\\n"
-        and the 1024 + 128 loc/seg tokens as user-defined pieces, byte fallback,
-        identity normalisation, no dummy prefix. For tests and small domains;
-        real models load Gemma's published vocabulary. `vocabulary_size` is an
-        upper bound (the model may come out smaller).
+        """Train a small PaliGemma-style SentencePiece model on `texts`
+        (`train_gemma_sentencepiece` with "\\n" and the 1024 + 128 loc/seg
+        tokens as user-defined pieces). For tests and small domains; real models
+        load Gemma's published vocabulary. `vocabulary_size` is an upper bound
+        (the model may come out smaller).
         """
-        import sentencepiece
-
-        texts = [str(t) for t in texts]
-        if not texts:
-            raise ValueError("from_texts needs at least one text.")
-        model = io.BytesIO()
-        sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=iter(texts), model_writer=model, vocab_size=int(vocabulary_size),
-            model_type=model_type, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-            pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-            user_defined_symbols=[SEPARATOR, *LOC_TOKENS, *SEG_TOKENS],
-            normalization_rule_name="identity", add_dummy_prefix=False,
-            remove_extra_whitespaces=False, byte_fallback=True, split_digits=True,
-            hard_vocab_limit=False, minloglevel=2,
-        )
-        return cls(model.getvalue(), **kwargs)
+        proto = train_gemma_sentencepiece(texts, vocabulary_size, model_type,
+                                          user_defined_symbols=[SEPARATOR, *LOC_TOKENS, *SEG_TOKENS])
+        return cls(proto, **kwargs)

@@ -276,6 +276,24 @@ def test_tokenizer_without_loc_tokens_fails_clearly():
         PaliGemmaTokenizer(model.getvalue())
 
 
+def test_gemma_sentencepiece_without_loc_tokens_serves_keras_hub_gemma():
+    """The one Gemma-layout trainer also makes plain Gemma vocabularies (the
+    fractal detection guide's LM): Gemma's special ids, "\\n" whole, bytes
+    for unseen characters, lossless round trip."""
+    import keras_hub
+
+    from keras_siglip.models.pali_gemma.pali_gemma_tokenizer import train_gemma_sentencepiece
+
+    tokenizer = keras_hub.models.GemmaTokenizer(proto=train_gemma_sentencepiece(TEXTS, 600))
+    assert (tokenizer.pad_token_id, tokenizer.end_token_id, tokenizer.start_token_id) == (0, 1, 2)
+    assert tokenizer.vocabulary_size() <= 600 and "<loc0000>" not in tokenizer.get_vocabulary()
+    text = "a red circle\n  Zürich 2024"
+    ids = [int(t) for t in numpy(tokenizer.tokenize(text))]
+    assert tokenizer.token_to_id("\n") in ids and tokenizer.detokenize(ids) == text
+    with pytest.raises(ValueError, match="at least one text"):
+        train_gemma_sentencepiece([], 200)
+
+
 def test_preprocessor_layout_and_masks(preprocessor, tokenizer):
     """big_vision: `[BOS] prefix "\\n" suffix [EOS] pad`, ar 0/0/1 (pad 1),
     loss on suffix + EOS, packed to L + 1 and shifted; images in [-1, 1]."""
