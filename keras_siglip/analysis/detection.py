@@ -312,14 +312,17 @@ def generation_sweep(generate, scorer, prompts, temperatures, *, batch_size=8, f
     return rows
 
 
-def keras_hub_generator(causal_lm, max_length, seed=0):
+def keras_hub_generator(causal_lm, max_length, seed=0, stop_token_ids="auto"):
     """`generate(prompts, temperature)` for `generation_sweep` from a keras-hub
     `CausalLM`: random sampling at the temperature (`keras_hub.samplers.
-    RandomSampler`), `max_length` tokens in all, texts out (prompt included)."""
+    RandomSampler`), `max_length` tokens in all, texts out (prompt included).
+    `stop_token_ids=None` samples every document to `max_length` even past an
+    end token (fractal statistics want documents of a known length)."""
     import keras_hub
 
     def generate(prompts, temperature):
         causal_lm.compile(sampler=keras_hub.samplers.RandomSampler(temperature=temperature, seed=seed))
-        return [str(text) for text in causal_lm.generate(list(prompts), max_length=max_length)]
+        texts = causal_lm.generate(list(prompts), max_length=max_length, stop_token_ids=stop_token_ids)
+        return [str(text) for text in texts]
 
     return generate

@@ -133,13 +133,17 @@ def token_log_probs(logits, token_ids, pad_id=PAD_ID, fill_value=0.0):
     return ops.where(ops.not_equal(token_ids, pad_id), log_probs, ops.cast(fill_value, "float32"))
 
 
-def _pad_token_ids(token_ids, pad_id):
-    if isinstance(token_ids, np.ndarray) and token_ids.ndim == 2:
-        return token_ids.astype(np.int32)
+def _pad_token_ids(token_ids, pad_id, shape=(None, 1, None)):
+    """Right-pad to `(max(rows, shape[0]), L)`: L is the longest row rounded up
+    to a multiple of `shape[1]`, at most `shape[2]` (a model's position limit)
+    unless the row itself is longer."""
     rows = [np.asarray(row, dtype=np.int32).reshape(-1) for row in token_ids]
     if not rows:
         raise ValueError("No token sequences to score.")
-    padded = np.full((len(rows), max(len(r) for r in rows)), pad_id, dtype=np.int32)
+    num_rows, multiple, limit = shape
+    longest = max(len(r) for r in rows)
+    length = max(longest, min(-(-longest // multiple) * multiple, limit or np.inf))
+    padded = np.full((max(len(rows), num_rows or 0), length), pad_id, dtype=np.int32)
     for i, row in enumerate(rows):
         padded[i, : len(row)] = row
     return padded
@@ -217,14 +221,21 @@ def score_token_log_probs(scorer, token_ids=None, *, texts=None, images=None, ba
 
     from tqdm.auto import tqdm
 
+    # Extra padding after a document cannot change a causal LM's scores of it: a
+    # keras-hub one gets full batches, lengths in steps of 64 tokens (up to its
+    # position limit), so JAX and XLA compile a few programs, not one per batch.
+    shape = (None, 1, None)
+    if causal == "keras_hub":
+        shape = (batch_size, 64, getattr(scorer.backbone, "max_sequence_length", None))
     outputs = []
     for start in tqdm(range(0, num_docs, batch_size), desc="scoring", unit="batch", disable=not progress,
                       file=sys.stderr):
-        ids = _pad_token_ids(token_ids[start : start + batch_size], pad_id)
+        batch = token_ids[start : start + batch_size]
+        ids = _pad_token_ids(batch, pad_id, shape)
         if causal is not None:
             logits = _causal_lm_logits(scorer, causal, ids, pad_id)
             # Position t predicts token t + 1: the first token is context only.
-            logits, ids = logits[:, :-1], ids[:, 1:]
+            logits, ids = logits[: len(batch), :-1], ids[: len(batch), 1:]
         elif is_task or images is not None:
             batch_images = images[start : start + batch_size]
             if preprocessor is not None and hasattr(preprocessor, "convert_images"):

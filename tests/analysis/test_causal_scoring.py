@@ -44,6 +44,22 @@ def test_keras_hub_causal_lm_scores_each_token_given_its_prefix(keras_hub_lm):
         score_token_log_probs(keras_hub_lm, DOCUMENTS, images=np.zeros((3, 8, 8, 3)), progress=False)
 
 
+def test_keras_hub_batches_come_in_few_shapes(keras_hub_lm, monkeypatch):
+    """JAX and XLA compile a program per input shape: batches are padded to full
+    rows and to lengths in steps of 64 tokens (results as above)."""
+    from keras_siglip.analysis import fractal
+
+    shapes, call = [], fractal._causal_lm_logits
+    monkeypatch.setattr(fractal, "_causal_lm_logits", lambda lm, kind, ids, pad: shapes.append(ids.shape)
+                        or call(lm, kind, ids, pad))
+    documents = DOCUMENTS + [[2] + [3 + i % 17 for i in range(67)]]  # 68 tokens: the next step, 128
+    got = score_token_log_probs(keras_hub_lm, documents, batch_size=3, progress=False)
+    assert shapes == [(3, 64), (3, 128)]
+    one_by_one = [score_token_log_probs(keras_hub_lm, [doc], batch_size=1, progress=False)[0] for doc in documents]
+    for g, w in zip(got, one_by_one):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+
+
 def test_keras_hub_texts_are_tokenized_with_the_start_token_and_never_truncated(gemma_proto):
     import keras_hub
 

@@ -9,6 +9,7 @@ import pytest
 from keras_siglip.analysis import fractional_gaussian_noise
 from keras_siglip.analysis.detection import (FEATURE_SETS, LogisticDetector, bootstrap_interval,
                                              detection_experiment, document_features, roc_auc)
+from tests.helpers import numpy
 
 
 def pairwise_auc(scores, labels):
@@ -198,3 +199,22 @@ def test_keras_hub_generator_samples_texts_at_a_temperature(gemma_proto):
     texts = generate(["a photo of", "two blue"], 0.8)
     assert len(texts) == 2 and texts[0].startswith("a photo of") and texts[1].startswith("two blue")
     assert generate(["a photo of", "two blue"], 0.8) == texts  # seeded
+
+
+def test_keras_hub_generator_samples_past_the_end_token_when_asked(gemma_proto):
+    """Near-uniform sampling over a 60-piece vocabulary draws `<eos>` within 30
+    tokens: by default a document stops there; with `stop_token_ids=None` the
+    same draws go on to `max_length`, so each document extends the stopped one."""
+    import keras_hub
+
+    from keras_siglip.analysis.detection import keras_hub_generator
+    from tests.helpers import tiny_gemma_causal_lm
+
+    tokenizer = keras_hub.models.GemmaTokenizer(proto=gemma_proto)
+    lm = tiny_gemma_causal_lm(tokenizer)
+    prompts = ["a photo of"] * 8
+    stopped, full = (keras_hub_generator(lm, max_length=32, seed=1, stop_token_ids=stop)(prompts, 50.0)
+                     for stop in ("auto", None))
+    for short, long in zip(stopped, full):
+        assert long.startswith(short), (short, long)
+    assert sum(len(long) > len(short) for short, long in zip(stopped, full)) >= 2, (stopped, full)
