@@ -82,7 +82,7 @@ TEMPERATURES = (0.5, 1.0, 1.5)
 PROMPT_TOKENS = 16
 DOCUMENT_TOKENS = 256
 # Per-document scales for 240 scored tokens (see `document_features`); the pooled
-# exponents use the same taus and longer R/S windows, as the sets pool 16k+ tokens.
+# exponents use the same taus and longer R/S windows, as each set pools 64+ documents.
 FEATURES = dict(epsilon=0.5, tau_scales=(2, 4, 8, 16), hurst_scales=(8, 16, 32, 64), skip_first=PROMPT_TOKENS)
 POOLED = dict(epsilon=0.1, tau_scales=(2, 4, 8, 16, 32), hurst_scales=(8, 16, 32, 64, 128),
               skip_first=PROMPT_TOKENS)
