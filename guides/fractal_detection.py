@@ -134,7 +134,8 @@ def unigram_bits(train_ids, test_ids, vocabulary_size):
 
 
 def mean_bits(log_probs):
-    return float(np.mean(np.concatenate([-lp[PROMPT_TOKENS:] for lp in log_probs]) / np.log(2)))
+    """Mean surprisal (bits per token) after the prompt."""
+    return float(np.mean(np.concatenate(fractal.surprisal([lp[PROMPT_TOKENS:] for lp in log_probs]))))
 
 
 def plot(path, human, rows, results):

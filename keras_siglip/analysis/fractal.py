@@ -133,17 +133,16 @@ def token_log_probs(logits, token_ids, pad_id=PAD_ID, fill_value=0.0):
     return ops.where(ops.not_equal(token_ids, pad_id), log_probs, ops.cast(fill_value, "float32"))
 
 
-def _pad_token_ids(token_ids, pad_id, shape=(None, 1, None)):
-    """Right-pad to `(max(rows, shape[0]), L)`: L is the longest row rounded up
-    to a multiple of `shape[1]`, at most `shape[2]` (a model's position limit)
+def _pad_token_ids(token_ids, pad_id, num_rows=0, multiple=1, limit=None):
+    """Right-pad to `(max(rows, num_rows), L)`: L is the longest row rounded up
+    to a multiple of `multiple`, at most `limit` (a model's position limit)
     unless the row itself is longer."""
     rows = [np.asarray(row, dtype=np.int32).reshape(-1) for row in token_ids]
     if not rows:
         raise ValueError("No token sequences to score.")
-    num_rows, multiple, limit = shape
     longest = max(len(r) for r in rows)
     length = max(longest, min(-(-longest // multiple) * multiple, limit or np.inf))
-    padded = np.full((max(len(rows), num_rows or 0), length), pad_id, dtype=np.int32)
+    padded = np.full((max(len(rows), num_rows), length), pad_id, dtype=np.int32)
     for i, row in enumerate(rows):
         padded[i, : len(row)] = row
     return padded
@@ -224,14 +223,14 @@ def score_token_log_probs(scorer, token_ids=None, *, texts=None, images=None, ba
     # Extra padding after a document cannot change a causal LM's scores of it: a
     # keras-hub one gets full batches, lengths in steps of 64 tokens (up to its
     # position limit), so JAX and XLA compile a few programs, not one per batch.
-    shape = (None, 1, None)
+    padding = {}
     if causal == "keras_hub":
-        shape = (batch_size, 64, getattr(scorer.backbone, "max_sequence_length", None))
+        padding = dict(num_rows=batch_size, multiple=64, limit=getattr(scorer.backbone, "max_sequence_length", None))
     outputs = []
     for start in tqdm(range(0, num_docs, batch_size), desc="scoring", unit="batch", disable=not progress,
                       file=sys.stderr):
         batch = token_ids[start : start + batch_size]
-        ids = _pad_token_ids(batch, pad_id, shape)
+        ids = _pad_token_ids(batch, pad_id, **padding)
         if causal is not None:
             logits = _causal_lm_logits(scorer, causal, ids, pad_id)
             # Position t predicts token t + 1: the first token is context only.
