@@ -37,9 +37,10 @@ def run_guide(guide, tmp_path):
     assert 'os.environ["KERAS_BACKEND"] =' not in guide.read_text(), f"{guide.name} overrides the pass's backend"
     # One thread per guide, as each test worker has one core: torch's spinning threads fighting the
     # other worker took the recipe guide from ~1 to 10 minutes (233 s vs 609 s side by side).
-    # Guides train for minutes: most run with XLA's optimisations, which conftest turns off for tests.
+    # Guides train for minutes: most run with XLA's optimisations, which conftest turns off for tests
+    # (on JAX and TensorFlow).
     xla_flags = os.environ.get("XLA_FLAGS", "")
-    if guide.name not in UNOPTIMISED_ON_JAX:
+    if guide.name not in UNOPTIMISED_ON_JAX or keras.backend.backend() != "jax":
         xla_flags = xla_flags.replace("--xla_backend_optimization_level=0", "").strip()
     result = subprocess.run(
         [sys.executable, str(guide), *guide_arguments(guide)], capture_output=True, text=True, timeout=600,
