@@ -37,7 +37,12 @@ Asserted: AB raw > 0.05, AB M4 < AB raw - 0.04, accuracy M4 > accuracy raw - 0.0
 accuracy raw > 0.8 (chance 0.25). RB is printed but not asserted: with these probes
 (a gray/pink mixture background) the planted over-representation of gray does not make
 the raw model pick "gray" (gray share < 0.5 on every backend), and the balanced model's
-RB is not lower, so this guide does not reproduce the paper's RB finding.
+RB is not lower, so this guide does not reproduce the paper's RB finding. Two other
+probe designs, tried in `--quick` and not kept, say the same: a background half gray and
+half pink (random side) gave gray shares raw 0.730 -> M4 0.698 (torch) and 0.700 ->
+0.772 (JAX); a uniformly random RGB background (no group at all) 0.635 -> 0.645 (torch)
+and 0.675 -> 0.752 (JAX). Whether a probe looks gray or pink to these tiny towers
+decides the pick; the training prior M4 removes does not show at this scale.
 
     python guides/m4_model_bias.py [--quick] [--out m4_model_bias.png]
 """
