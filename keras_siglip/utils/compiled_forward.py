@@ -13,7 +13,9 @@ On torch this removes Keras' per-layer Python cost, which dominates small
 models in eager mode (one `Dense.__call__` costs ~50x its matmul on the tiny
 towers), and computes the same aten ops in the same order: outputs are
 bitwise those of the eager model. The variables' current values are passed on
-every call, so weights trained or loaded after the first call are used. One
+every call, so weights trained or loaded after the first call are used; a
+model whose variables change (quantized, rebuilt, layers frozen) is compiled
+again instead of running its old program on the old variables. One
 compilation per input structure, non-batch shapes and dtypes (any batch size
 reuses it, except on torch for models whose code fixes the batch size, e.g.
 NaFlex: one export per batch size there). Inference only: no gradients flow
@@ -53,6 +55,29 @@ def _variable_values(model):
     return [v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables]
 
 
+class _VariableSet:
+    """Tells whether a model still has the variables (the same objects, in the
+    same trainable / non-trainable split) it had when last compiled. Holding
+    them keeps their ids from being reused by new variables."""
+
+    def __init__(self, model):
+        self.model, self.variables = model, None
+
+    def changed(self):
+        current = (self.model.trainable_variables, self.model.non_trainable_variables)
+        if self.variables is not None and all(
+            len(old) == len(new) and all(a is b for a, b in zip(old, new))
+            for old, new in zip(self.variables, current)
+        ):
+            return False
+        self.variables = current
+        return True
+
+    def values(self):
+        """The current values of the variables `changed` last saw."""
+        return tuple([v.value for v in variables] for variables in self.variables)
+
+
 def _jax_forward(model):
     import jax
 
@@ -71,9 +96,13 @@ def _jax_forward(model):
 def _tensorflow_forward(model):
     import tensorflow as tf
 
-    forward = tf.function(lambda inputs: model(inputs, training=False), jit_compile=True)
+    variables, forward = _VariableSet(model), None
 
     def run(inputs):
+        nonlocal forward
+        # A traced function keeps the variables it captured: a quantized model needs a new trace.
+        if variables.changed():
+            forward = tf.function(lambda inputs: model(inputs, training=False), jit_compile=True)
         return forward(keras.tree.map_structure(keras.ops.convert_to_tensor, inputs))
 
     run.mode = "tf.function(jit_compile=True)"
@@ -88,6 +117,7 @@ class _TorchForward:
 
     def __init__(self, model):
         self.model = model
+        self.variables = _VariableSet(model)
         self.graphs = {}
         self.static_batch = set()  # signatures whose export fixed the batch size
         self.export_error = None  # why torch.export failed; then the model runs eagerly
@@ -102,13 +132,15 @@ class _TorchForward:
         import torch
 
         inputs = keras.tree.map_structure(keras.ops.convert_to_tensor, inputs)
+        if self.variables.changed():  # an exported graph takes the variables it was exported with
+            self.graphs, self.static_batch, self.export_error = {}, set(), None
         with torch.no_grad():
             if self.export_error:
                 return self.model(inputs, training=False)
             paths_and_leaves = keras.tree.flatten_with_path(inputs)
             leaves = [leaf for _, leaf in paths_and_leaves]
             signature = tuple((path, tuple(leaf.shape[1:]), leaf.dtype) for path, leaf in paths_and_leaves)
-            trainable, non_trainable = _variable_values(self.model)
+            trainable, non_trainable = self.variables.values()
             try:
                 graph, output_structure = self._graph(signature, inputs, leaves, trainable, non_trainable)
             except Exception as error:  # noqa: BLE001  e.g. a branch on a tensor's value

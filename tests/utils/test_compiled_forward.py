@@ -69,6 +69,24 @@ def test_uses_the_weights_current_values(backbone):
         model.set_weights(weights)
 
 
+def test_a_model_whose_variables_change_is_compiled_again():
+    """Quantizing replaces the kernels and freezing moves variables out of the
+    trainable set: the compiled forward follows the eager model after each
+    instead of running its old program (TensorFlow's trace kept the float
+    kernels it captured, 0.057 away from the int8 model; torch's graph refused
+    the new variables)."""
+    model = tiny_backbone().text_encoder
+    forward = compiled_forward(model)
+    x = inputs(3)["token_ids"]
+    before = numpy(forward(x))
+    model.quantize("int8")
+    after = forward(x)
+    assert np.max(np.abs(numpy(after) - before)) > 1e-3  # int8 moved the outputs
+    assert_same(after, model(x, training=False))
+    model.trainable = False
+    assert_same(forward(x), model(x, training=False))
+
+
 def test_keeps_the_casts_that_convert():
     """Only no-op casts leave the torch graph: int -> float and float -> half stay."""
     ids = keras.Input((4,), dtype="int32")
