@@ -104,6 +104,19 @@ def test_startup_benchmark_records_imports_and_memory(tmp_path):
     assert "| `embed` |" in startup.table([listing, embed])
 
 
+def test_zero_shot_latency_times_classify_against_the_eager_model():
+    """`benchmarks.zero_shot_latency` on this backend: both paths timed at each
+    batch size, and `classify`'s probabilities equal the eager model's (1e-5)."""
+    from benchmarks import zero_shot_latency
+
+    result = zero_shot_latency.measure_backend(repeats=1)
+    assert result["labels"] == 48
+    for batch in zero_shot_latency.BATCHES:
+        row = result[str(batch)]
+        assert row["eager_ms_per_image"] > 0 and row["classify_ms_per_image"] > 0
+        assert row["max_abs_diff"] < 1e-5, row
+
+
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="backend-independent: runs once, under torch")
 def test_gpu_script_names_each_backend_without_a_gpu(tmp_path):
     """`benchmarks/gpu.sh` on a machine whose frameworks see no GPU (a stand-in

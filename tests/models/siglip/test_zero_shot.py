@@ -56,6 +56,29 @@ def test_classify_ranks_labels_for_images_of_any_size(classifier, rng):
         assert r[0][1] >= r[1][1] and r[0][0] in LABELS
 
 
+def test_repeated_classify_runs_compiled_with_the_eager_answers(classifier, rng):
+    """From its second call (its first on JAX) `classify` runs the compiled
+    model: the same ranking and probabilities as the eager model, and it
+    follows weights quantized after compiling. The probabilities are small
+    (logits near the bias, -10), so they are compared relatively: 1e-4 is
+    XLA's float32 reordering (~1e-6 on the logits) times the temperature, with
+    margin; int8 weights move them by far more."""
+    images = [rng.integers(0, 256, (40, 30, 3), dtype=np.uint8) for _ in range(3)]
+
+    def expected():
+        x = ops.convert_to_numpy(classifier.preprocessor.convert_images(np.stack(images)))
+        return ops.convert_to_numpy(classifier({"images": x}, training=False))
+
+    for _ in range(2):
+        ranked = classifier.classify(images, top_k=3)
+        got = np.array([[dict(r)[label] for label in LABELS] for r in ranked])
+        np.testing.assert_allclose(got, expected(), rtol=1e-4, atol=0)
+    assert classifier._compiled_forward is not None
+    classifier.quantize("int8")
+    got = np.array([[dict(r)[label] for label in LABELS] for r in classifier.classify(images, top_k=3)])
+    np.testing.assert_allclose(got, expected(), rtol=1e-4, atol=0)
+
+
 def test_bad_arguments(classifier):
     with pytest.raises(ValueError, match="non-empty list of label strings"):
         SigLIPZeroShotClassifier(classifier.backbone, classifier.preprocessor, [])
