@@ -5,7 +5,7 @@
 
 `SigLIPZeroShotClassifier.classify` on `siglip2_shapes_tiny` with its 48
 colour x shape labels, as `keras-siglip zero-shot` and the web app call it
-(it runs the model compiled from its second call, its first on JAX), against
+(it runs the model compiled from its second call), against
 the same preprocessing and the Keras model called eagerly (what `classify`
 ran before; probabilities compared). One image per call and 32, one process
 per backend; the first two calls timed, then warm calls of the two

@@ -150,14 +150,13 @@ class SigLIPZeroShotClassifier(PresetMixin, Task):
         ]
 
     def _classify_forward(self):
-        """What `classify` runs: the model compiled (`compiled_forward`) from the
-        first call on JAX, whose eager mode compiles op by op (first call of the
-        shipped model 2.9 s eager, 0.5 s compiled), from the second call on the
-        other backends, where a one-off call would pay the compilation (1.1-1.9 s
-        against 0.1 s). Repeated calls then take 2.8-10x less time per image at
-        one image per call (`python -m benchmarks.zero_shot_latency`)."""
+        """What `classify` runs: the model eagerly on the first call, then
+        compiled (`compiled_forward`). Compiling costs 0.5-2 s, more than a
+        one-off call (0.1 s eager on TensorFlow and torch); repeated calls then
+        take 3-10x less time per image at one image per call
+        (`python -m benchmarks.zero_shot_latency`)."""
         self._classify_calls = getattr(self, "_classify_calls", 0) + 1
-        if self._classify_calls == 1 and keras.config.backend() != "jax":
+        if self._classify_calls == 1:
             return lambda inputs: self(inputs, training=False)
         if getattr(self, "_compiled_forward", None) is None:
             self._compiled_forward = compiled_forward(self)

@@ -57,7 +57,7 @@ def test_classify_ranks_labels_for_images_of_any_size(classifier, rng):
 
 
 def test_repeated_classify_runs_compiled_with_the_eager_answers(classifier, rng):
-    """From its second call (its first on JAX) `classify` runs the compiled
+    """From its second call `classify` runs the compiled
     model: the same ranking and probabilities as the eager model, and it
     follows weights quantized after compiling. The probabilities are small
     (logits near the bias, -10), so they are compared relatively: 1e-4 is
