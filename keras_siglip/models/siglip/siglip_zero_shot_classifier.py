@@ -153,7 +153,7 @@ class SigLIPZeroShotClassifier(PresetMixin, Task):
         """What `classify` runs: the model eagerly on the first call, then
         compiled (`compiled_forward`). Compiling costs 0.5-2 s, more than a
         one-off call (0.1 s eager on TensorFlow and torch); repeated calls then
-        take 3-10x less time per image at one image per call
+        take 2.9-11x less time per image at one image per call
         (`python -m benchmarks.zero_shot_latency`)."""
         self._classify_calls = getattr(self, "_classify_calls", 0) + 1
         if self._classify_calls == 1:
