@@ -20,9 +20,11 @@ import os
 import subprocess
 import sys
 
+from benchmarks import worker
 from benchmarks.worker import BACKENDS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 PRESET = "siglip2_shapes_tiny"
 BATCHES = (1, 32)
 
@@ -75,11 +77,11 @@ def main(argv=None):
         print(json.dumps(measure_backend(args.repeats)))
         return 0
     results = {}
-    for backend in args.backends.split(","):
+    for backend in worker.backend_list(args.backends):
         print(f"[{backend}] measuring ...", flush=True)
         run = subprocess.run([sys.executable, "-m", "benchmarks.zero_shot_latency", "--worker",
                               "--repeats", str(args.repeats)], capture_output=True, text=True,
-                             env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                             cwd=ROOT, env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"})
         if run.returncode != 0:
             raise SystemExit(f"{backend} worker failed:\n{run.stderr[-2000:]}")
         results[backend] = json.loads(run.stdout.strip().splitlines()[-1])
