@@ -63,10 +63,14 @@ class StepLosses(keras.callbacks.Callback):
         self.losses.append(float(logs["loss"]))
 
 
-def fit(model, x, **compile_kwargs):
-    """Three Adam steps on batches of 4."""
+def fit(model, x, traces=None, **compile_kwargs):
+    """Three Adam steps on batches of 4. `traces` (a list) gets one item per
+    Python execution of the train step: on JAX and TensorFlow, one per trace."""
     model.compile(optimizer=keras.optimizers.Adam(3e-3), **compile_kwargs)
     steps = StepLosses()
+    if traces is not None:
+        step = model.train_step
+        model.train_step = lambda data: traces.append(1) or step(data)
     model.fit(x, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[steps])
     return np.array(steps.losses)
 
@@ -102,10 +106,13 @@ def hand_written_losses(model, x, learning_rate=3e-3, batch=4):
 def test_compiled_fit_gives_the_uncompiled_losses(input_format):
     x = DATA[input_format]()
     make_model = lambda: backbone(input_format)  # noqa: E731
-    compiled = make_model()
+    compiled, traces = make_model(), []
     if XLA:
-        losses = fit(compiled, x, jit_compile=True)
+        losses = fit(compiled, x, traces, jit_compile=True)
         assert compiled.jit_compile is True  # not silently dropped by Keras
+        # TensorFlow traces a step that creates variables (the optimizer's, which
+        # Keras builds lazily there) twice; `fit` builds them first
+        assert len(traces) == 1, f"the train step was traced {len(traces)} times"
         reference = fit(make_model(), x, jit_compile=False)
     else:
         losses = fit(compiled, x)  # Keras' default on torch: eager

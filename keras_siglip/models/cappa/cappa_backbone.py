@@ -5,6 +5,7 @@ from keras_hub.models import Backbone
 from keras_siglip.layers.decoder import TextDecoder
 from keras_siglip.layers.vit import VisionTransformer
 from keras_siglip.models.siglip.siglip_vision_encoder import image_inputs
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
 from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 
@@ -57,7 +58,7 @@ class ImageToTextMixin:
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class CapPaBackbone(ImageToTextMixin, PresetMixin, Backbone):
+class CapPaBackbone(ImageToTextMixin, PresetMixin, BuildOptimizerBeforeFitMixin, Backbone):
     """Image captioner (big_vision CapPa `Model`): ViT encoder + `TextDecoder`.
 
     The encoder is the shared `VisionTransformer` with `pooling="none"`: the

@@ -4,11 +4,12 @@ from keras_hub.models import Backbone
 from keras_siglip.layers.decoder import TextDecoder
 from keras_siglip.models.cappa.cappa_backbone import ImageToTextMixin, encoder_input_spec, encoder_mask
 from keras_siglip.models.siglip.siglip_vision_encoder import SigLIPVisionEncoder
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
 from keras_siglip.utils.preset import PresetMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class LiTDecoderBackbone(ImageToTextMixin, PresetMixin, Backbone):
+class LiTDecoderBackbone(ImageToTextMixin, PresetMixin, BuildOptimizerBeforeFitMixin, Backbone):
     """A frozen pretrained image encoder + a small trainable `TextDecoder`
     (LiT-decoder, Beyer et al. 2023: "locked-image tuning" with a decoder).
 

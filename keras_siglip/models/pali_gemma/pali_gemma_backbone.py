@@ -29,13 +29,14 @@ from keras_siglip.layers.gemma import GemmaDecoder
 from keras_siglip.layers.vit import VisionTransformer
 from keras_siglip.models.cappa.cappa_backbone import ENCODER_FORMATS, encoder_input
 from keras_siglip.models.pali_gemma.pali_gemma_generation import left_align
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
 from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 from keras_siglip.utils.tensors import check_token_ids
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class PaliGemmaBackbone(PresetMixin, Backbone):
+class PaliGemmaBackbone(PresetMixin, BuildOptimizerBeforeFitMixin, Backbone):
     """Image + text -> next-token logits of the text positions.
 
     Args:

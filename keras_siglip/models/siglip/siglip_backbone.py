@@ -9,13 +9,14 @@ from keras_siglip.losses.sigmoid import SigmoidLoss, sigmoid_labels
 from keras_siglip.metrics import mean_pair_logits
 from keras_siglip.optimizers import SigLIPAdamW
 from keras_siglip.models.siglip.siglip_vision_encoder import image_inputs
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
 from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 from keras_siglip.utils.tensors import ArrayChecksMixin, check_token_ids
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class SigLIPBackbone(ArrayChecksMixin, PresetMixin, Backbone):
+class SigLIPBackbone(ArrayChecksMixin, PresetMixin, BuildOptimizerBeforeFitMixin, Backbone):
     """SigLIP / SigLIP 2 two-tower model.
 
     Args:

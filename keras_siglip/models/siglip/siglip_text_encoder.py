@@ -2,12 +2,13 @@ import keras
 from keras_hub.models import Backbone
 
 from keras_siglip.layers.text import TextTransformer
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
 from keras_siglip.utils.preset import PresetMixin
 from keras_siglip.utils.tensors import check_token_ids
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class SigLIPTextEncoder(PresetMixin, Backbone):
+class SigLIPTextEncoder(PresetMixin, BuildOptimizerBeforeFitMixin, Backbone):
     """SigLIP text tower: unmasked transformer, last-position pooling, Dense head.
 
     Args:

@@ -2,13 +2,14 @@ import keras
 from keras_hub.models import Backbone
 
 from keras_siglip.layers.vit import VisionTransformer
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
 from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 from keras_siglip.utils.tensors import ArrayChecksMixin
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class SigLIPVisionEncoder(ArrayChecksMixin, PresetMixin, Backbone):
+class SigLIPVisionEncoder(ArrayChecksMixin, PresetMixin, BuildOptimizerBeforeFitMixin, Backbone):
     """SigLIP image tower: ViT with a MAP head; output is the image embedding.
 
     Args:

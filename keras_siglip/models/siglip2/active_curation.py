@@ -41,6 +41,7 @@ from keras_siglip.losses.sigmoid import SigmoidLoss, pairwise_sigmoid_losses
 from keras_siglip.models.cappa.cappa_backbone import encoder_input
 from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
 from keras_siglip.optimizers import SigLIPAdamW
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
 from keras_siglip.utils.seeds import SavedSeedMixin
 from keras_siglip.utils.tensors import ArrayChecksMixin, check_token_ids
 
@@ -123,7 +124,7 @@ def gumbel_noise(shape, seed):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class ActiveCurationTrainer(SavedSeedMixin, ArrayChecksMixin, Task):
+class ActiveCurationTrainer(SavedSeedMixin, ArrayChecksMixin, BuildOptimizerBeforeFitMixin, Task):
     """Train a `SigLIPBackbone` on the pairs a frozen reference selects (ACID).
 
     Args:

@@ -61,6 +61,7 @@ from keras_siglip.losses.sigmoid import SigmoidLoss, sigmoid_labels
 from keras_siglip.losses.softmax import softmax_loss_from_logits
 from keras_siglip.models.siglip.siglip_vision_encoder import image_inputs
 from keras_siglip.optimizers import SigLIPAdamW
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
 from keras_siglip.utils.preset import PresetMixin
 from keras_siglip.utils.tensors import ArrayChecksMixin, check_token_ids
 
@@ -197,7 +198,7 @@ class FrozenTower(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class ThreeTowersBackbone(ArrayChecksMixin, PresetMixin, Backbone):
+class ThreeTowersBackbone(ArrayChecksMixin, PresetMixin, BuildOptimizerBeforeFitMixin, Backbone):
     """Three Towers (3T): trainable image and text towers plus a frozen third tower.
 
     Args:
