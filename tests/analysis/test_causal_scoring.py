@@ -1,7 +1,7 @@
 """`score_token_log_probs` with causal LMs: a keras-hub `CausalLM` (token ids and
 texts) and a Hugging Face causal LM, both tiny and random. Reference: each token's
-log-probability recomputed from a separate forward pass over its prefix alone (no
-shifting, no padding), so an off-by-one alignment or a padding leak shows."""
+log-probability recomputed from the logits after its prefix alone (no shifting, and
+no padding before it), so an off-by-one alignment or a padding leak shows."""
 
 import keras
 import numpy as np
@@ -30,13 +30,24 @@ def keras_hub_lm():
     return tiny_gemma_causal_lm(num_layers=2)
 
 
-def test_keras_hub_causal_lm_scores_each_token_given_its_prefix(keras_hub_lm):
-    def last_logits(prefix):
-        ids = np.array([prefix], "int32")
-        return keras.ops.convert_to_numpy(keras_hub_lm({"token_ids": ids, "padding_mask": np.ones_like(ids)}))[0, -1]
+def keras_hub_prefix_logits(lm, documents):
+    """`last_logits(prefix)` for every prefix of `documents`, from one forward pass:
+    each prefix in its own row, right-padded with the padding masked (a causal LM's
+    logits at a position never see the positions after it). One input shape: on
+    JAX, every distinct shape of an eager call compiles each op again."""
+    prefixes = [tuple(doc[:t]) for doc in documents for t in range(1, len(doc))]
+    ids = np.zeros((len(prefixes), max(map(len, prefixes))), "int32")
+    mask = np.zeros_like(ids)
+    for row, prefix in enumerate(prefixes):
+        ids[row, : len(prefix)], mask[row, : len(prefix)] = prefix, 1
+    logits = keras.ops.convert_to_numpy(lm({"token_ids": ids, "padding_mask": mask}))
+    return {prefix: logits[row, len(prefix) - 1] for row, prefix in enumerate(prefixes)}
 
+
+def test_keras_hub_causal_lm_scores_each_token_given_its_prefix(keras_hub_lm):
+    after = keras_hub_prefix_logits(keras_hub_lm, DOCUMENTS)
     got = score_token_log_probs(keras_hub_lm, DOCUMENTS, batch_size=2, progress=False)
-    want = prefix_reference(last_logits, DOCUMENTS)
+    want = prefix_reference(lambda prefix: after[tuple(prefix)], DOCUMENTS)
     assert [g.shape for g in got] == [(5,), (3,), (8,)]  # the first token is context only
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, atol=1e-5)
