@@ -15,7 +15,7 @@ from keras_siglip.models.cappa.cappa_generation import (
     make_sampler,
 )
 from keras_siglip.models.cappa.cappa_preprocessor import CapPaPreprocessor, strip_after_eos
-from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin, ShuffledArraysMixin
 from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 from keras_siglip.utils.seeds import SavedSeedMixin
@@ -62,7 +62,7 @@ class ParallelPredictionSwitch(SavedSeedMixin, keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class CapPaCaptioner(PresetMixin, BuildOptimizerBeforeFitMixin, Task):
+class CapPaCaptioner(PresetMixin, ShuffledArraysMixin, BuildOptimizerBeforeFitMixin, Task):
     """Image captioning with a `CapPaBackbone`: Cap / CapPa training, decoding,
     caption scoring and zero-shot classification by scoring.
 

@@ -16,7 +16,7 @@ from keras_siglip.models.pali_gemma.pali_gemma_generation import output_grammar 
 from keras_siglip.models.pali_gemma.pali_gemma_tasks import (
     answer_prompt, caption_prompt, detect_prompt, ocr_prompt, parse_detect, parse_segment, parse_text, segment_prompt,
 )
-from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin, ShuffledArraysMixin
 from keras_siglip.utils.images import check_model_images
 from keras_siglip.utils.preset import PresetMixin
 
@@ -74,7 +74,7 @@ class PrefixLMLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class PaliGemmaCausalLM(PresetMixin, BuildOptimizerBeforeFitMixin, Task):
+class PaliGemmaCausalLM(PresetMixin, ShuffledArraysMixin, BuildOptimizerBeforeFitMixin, Task):
     """PaliGemma 1 / 2 image + prompt -> text: fine-tuning and generation.
 
     Args:

@@ -6,7 +6,7 @@ from keras_hub.models import ImageClassifier, ImageClassifierPreprocessor, Task
 from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
 from keras_siglip.models.siglip.siglip_image_converter import SigLIPImageConverter
 from keras_siglip.models.siglip.siglip_vision_encoder import SigLIPVisionEncoder
-from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin, ShuffledArraysMixin
 from keras_siglip.utils.preset import PresetMixin, preset_loader
 
 
@@ -53,7 +53,7 @@ class SigLIPImageClassifierPreprocessor(PresetMixin, ImageClassifierPreprocessor
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class SigLIPImageClassifier(PresetMixin, BuildOptimizerBeforeFitMixin, ImageClassifier):
+class SigLIPImageClassifier(PresetMixin, ShuffledArraysMixin, BuildOptimizerBeforeFitMixin, ImageClassifier):
     """Image classification on a SigLIP image tower's pooled (MAP head) output.
 
     `images -> SigLIPVisionEncoder -> (B, width) -> Dropout -> Dense(num_classes)`.

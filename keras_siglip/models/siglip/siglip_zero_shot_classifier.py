@@ -6,7 +6,7 @@ from keras_hub.models import Task
 from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
 from keras_siglip.models.siglip.siglip_preprocessor import SigLIPPreprocessor
 from keras_siglip.utils.compiled_forward import compiled_forward
-from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin, ShuffledArraysMixin
 from keras_siglip.utils.images import check_raw_images
 from keras_siglip.utils.preset import PresetMixin
 
@@ -73,7 +73,7 @@ class ClassScores(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class SigLIPZeroShotClassifier(PresetMixin, BuildOptimizerBeforeFitMixin, Task):
+class SigLIPZeroShotClassifier(PresetMixin, ShuffledArraysMixin, BuildOptimizerBeforeFitMixin, Task):
     """Zero-shot image classification with a SigLIP model.
 
     Args:

@@ -41,7 +41,7 @@ from keras_siglip.losses.sigmoid import SigmoidLoss, pairwise_sigmoid_losses
 from keras_siglip.models.cappa.cappa_backbone import encoder_input
 from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
 from keras_siglip.optimizers import SigLIPAdamW
-from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin, ShuffledArraysMixin
 from keras_siglip.utils.seeds import SavedSeedMixin
 from keras_siglip.utils.tensors import ArrayChecksMixin, check_token_ids
 
@@ -124,7 +124,7 @@ def gumbel_noise(shape, seed):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class ActiveCurationTrainer(SavedSeedMixin, ArrayChecksMixin, BuildOptimizerBeforeFitMixin, Task):
+class ActiveCurationTrainer(SavedSeedMixin, ArrayChecksMixin, ShuffledArraysMixin, BuildOptimizerBeforeFitMixin, Task):
     """Train a `SigLIPBackbone` on the pairs a frozen reference selects (ACID).
 
     Args:
@@ -194,8 +194,8 @@ class ActiveCurationTrainer(SavedSeedMixin, ArrayChecksMixin, BuildOptimizerBefo
     def fit(self, x=None, y=None, batch_size=None, **kwargs):
         """`keras.Model.fit`. In-memory inputs must split into whole
         super-batches of `batch_size` (a partial one would change what is
-        selected, and the step's shapes); on TensorFlow they are batched with
-        static shapes (in order, as keras-hub batches arrays on every backend)."""
+        selected, and the step's shapes); they are then batched with a static
+        super-batch size (see `ShuffledArraysMixin`)."""
         arrays = isinstance(x, dict) and all(hasattr(value, "shape") for value in x.values())
         if arrays and not _is_dataset(x):
             count, size = len(next(iter(x.values()))), batch_size or 32
@@ -203,11 +203,6 @@ class ActiveCurationTrainer(SavedSeedMixin, ArrayChecksMixin, BuildOptimizerBefo
                 raise ValueError(f"ActiveCurationTrainer selects from whole super-batches: {count} examples "
                                  f"do not split into super-batches of {size}; drop {count % size} or change "
                                  "batch_size.")
-            if keras.backend.backend() == "tensorflow":
-                import tensorflow as tf
-
-                x = tf.data.Dataset.from_tensor_slices(x).batch(size, drop_remainder=True)
-                batch_size = None
         return super().fit(x, y, batch_size=batch_size, **kwargs)
 
     # === Forward ===

@@ -56,7 +56,7 @@ from keras_siglip.models.cappa.locca_preprocessor import CAP
 from keras_siglip.models.siglip.siglip_backbone import SigLIPBackbone
 from keras_siglip.presets.siglip2_recipes import size_factor_for_width
 from keras_siglip.optimizers import SigLIPAdamW
-from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin
+from keras_siglip.utils.fit import BuildOptimizerBeforeFitMixin, ShuffledArraysMixin
 from keras_siglip.utils.seeds import SavedSeedMixin
 from keras_siglip.utils.tensors import ArrayChecksMixin, check_token_ids, refuse_quantized
 
@@ -120,7 +120,7 @@ class DistillationState(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip")
-class SigLIP2Pretrainer(SavedSeedMixin, ArrayChecksMixin, BuildOptimizerBeforeFitMixin, Task):
+class SigLIP2Pretrainer(SavedSeedMixin, ArrayChecksMixin, ShuffledArraysMixin, BuildOptimizerBeforeFitMixin, Task):
     """Train a `SigLIPBackbone` with the SigLIP 2 recipe (stages A and B).
 
     Args:
