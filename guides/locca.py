@@ -88,6 +88,7 @@ print(f"\nheld-out grounding (ARef) on {len(test_images)} images: mean IoU {befo
 predicted, _ = model.ground(test_images[:4], test_texts[:4])
 for text, box, truth in zip(test_texts, predicted, test_boxes):
     print(f"  {text!r}: box {np.round(box, 2)} (true {np.round(truth, 2)})")
-# Measured on JAX: mean IoU 0.254, twice the mean-box baseline (0.122).
+# Measured: mean IoU 0.260 JAX, 0.253 torch, 0.216 TensorFlow (mean-box baseline 0.122; 8 epochs
+# instead of 12 are not enough: 0.241 JAX but 0.125 torch, 0.138 TensorFlow).
 if after["mean_iou"] < 1.5 * baseline:
     raise SystemExit("LocCa did not learn to localise the shapes.")
