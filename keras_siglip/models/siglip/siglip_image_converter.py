@@ -11,9 +11,11 @@ from keras_siglip.utils.preset import PresetMixin
 class SigLIPImageConverter(PresetMixin, ImageConverter):
     """Resize to the model's resolution and map pixel values to [-1, 1].
 
-    Accepts `(H, W, 3)` or `(B, H, W, 3)` images of any size, uint8 or float
-    with values in [0, 255], resized in float32 (no rounding back to uint8;
-    big_vision truncates to uint8 after resizing: < 1 grey level apart). The aspect ratio is squashed, not cropped (as
+    Accepts `(H, W, 3)` or `(B, H, W, 3)` images of any size, or a list of
+    `(H, W, 3)` images of different sizes (a folder of photos; each is
+    resized alone), uint8 or float with values in [0, 255], resized in float32
+    (no rounding back to uint8; big_vision truncates to uint8 after resizing:
+    < 1 grey level apart). The aspect ratio is squashed, not cropped (as
     big_vision `resize(RES)` and HF's processor do). An empty batch (or list)
     gives `(0, H, W, 3)`.
 
@@ -60,6 +62,10 @@ class SigLIPImageConverter(PresetMixin, ImageConverter):
             images = np.zeros((0, 1, 1, 3), "float32")  # what an empty batch array gives
             inputs = {**inputs, "images": images} if isinstance(inputs, dict) else images
         check_raw_images(images, type(self).__name__)
+        if _different_sizes(images) and not isinstance(inputs, dict):
+            # A list of photos of different sizes: each is resized alone (a batch is resized per image too).
+            return keras.ops.concatenate([self.call(_one_image(image, index, type(self).__name__))
+                                          for index, image in enumerate(images)], axis=0)
         shape = getattr(images, "shape", None)
         if shape is not None and (len(shape) not in (3, 4) or shape[-1] != 3):
             raise ValueError(
@@ -92,6 +98,19 @@ class SigLIPImageConverter(PresetMixin, ImageConverter):
             return tf.clip_by_value(images, tf.cast(low, images.dtype), tf.cast(high, images.dtype))
         low, high = (keras.ops.cast(bound, images.dtype) for bound in (low, high))
         return keras.ops.minimum(keras.ops.maximum(images, low), high)
+
+
+def _different_sizes(images):
+    return isinstance(images, (list, tuple)) and len({tuple(np.shape(image)) for image in images}) > 1
+
+
+def _one_image(image, index, where):
+    """`image` of a list as a batch of one; a clear error unless `(H, W, 3)`."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"{where}: image {index} of the list has shape {image.shape}; expected (height, width, 3) "
+                         "RGB. Convert grayscale or RGBA images to RGB first.")
+    return image[None]
 
 
 def _tf_float(images):
