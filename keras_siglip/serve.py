@@ -60,9 +60,7 @@ class Captioner:
         self.can_detect = self.pali_gemma or self.locca
 
     def caption(self, image):
-        if self.pali_gemma:
-            return self.model.generate([image], ["caption en"])[0]
-        if self.locca:
+        if self.pali_gemma or self.locca:  # their task methods: the caption prompt, the output parsed
             return self.model.caption([image])[0]
         return self.model.generate([image])[0]
 

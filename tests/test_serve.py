@@ -221,7 +221,7 @@ def test_a_pali_gemma_preset_captions_and_detects_through_its_prompts(tmp_path):
     upload = {"image": ("x.png", png(image), "image/png")}
     response = client.post("/api/caption", files=upload)
     assert response.status_code == 200, response.text
-    assert response.json() == {"caption": model.generate([image], ["caption en"])[0]}
+    assert response.json() == {"caption": model.caption([image])[0]}
     response = client.post("/api/detect", files=upload, data={"objects": "a red circle ; two blue squares"})
     assert response.status_code == 200, response.text
     expected = model.detect([image], ["a red circle", "two blue squares"])[0]
