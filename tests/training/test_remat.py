@@ -54,7 +54,7 @@ def loss_and_gradients(model, x):
             out, _ = model.stateless_call(values, frozen, x, training=True)
             return loss_fn(out["logits"])
 
-        loss, grads = jax.value_and_grad(f)(values)
+        loss, grads = jax.jit(jax.value_and_grad(f))(values)  # one program, not an eager op at a time
     elif BACKEND == "tensorflow":
         import tensorflow as tf
 
