@@ -1,6 +1,7 @@
 """Building a model whose weights are about to be overwritten, without paying for them twice."""
 
 import contextlib
+import threading
 
 import keras
 import numpy as np
@@ -38,6 +39,21 @@ def _untouched_zeros(shape, dtype=None):
     return host_tensor(raw[offset:offset + size].view(dtype).reshape(shape))
 
 
+_loading = threading.local()  # per thread: how many `weights_to_be_loaded` contexts it is in
+_patch_lock = threading.Lock()
+_patch_users = 0  # threads inside a context; Keras' own add_weight is swapped while > 0
+_keras_add_weight = None
+
+
+def _add_weight(self, *args, **kwargs):
+    if getattr(_loading, "depth", 0):
+        if len(args) > 1:  # legacy positional (shape, initializer, dtype)
+            args = (args[0], _untouched_zeros) + tuple(args[2:])
+        else:
+            kwargs["initializer"] = _untouched_zeros
+    return _keras_add_weight(self, *args, **kwargs)
+
+
 @contextlib.contextmanager
 def weights_to_be_loaded():
     """Build layers with zero weights that cost no memory until written.
@@ -48,23 +64,26 @@ def weights_to_be_loaded():
     CPU), a weight takes no resident memory until its checkpoint tensor is
     assigned, so a conversion peaks near one copy of the weights.
     Only for models whose every weight is assigned right after (as
-    `convert.load_into` checks); a weight left unassigned would stay zero.
-    Not thread-safe: it swaps `keras.layers.Layer.add_weight` for its duration.
+    `convert.load_into` checks, and Keras when loading a preset's weights);
+    a weight left unassigned would stay zero. Only the thread that entered
+    the context builds with zeros: `keras.layers.Layer.add_weight` is swapped
+    while any thread is inside one, and the swap reads a per-thread flag.
     """
-    original = keras.layers.Layer.add_weight
-
-    def add_weight(self, *args, **kwargs):
-        if len(args) > 1:  # legacy positional (shape, initializer, dtype)
-            args = (args[0], _untouched_zeros) + tuple(args[2:])
-        else:
-            kwargs["initializer"] = _untouched_zeros
-        return original(self, *args, **kwargs)
-
-    keras.layers.Layer.add_weight = add_weight
+    global _patch_users, _keras_add_weight
+    with _patch_lock:
+        if _patch_users == 0:
+            _keras_add_weight = keras.layers.Layer.add_weight
+            keras.layers.Layer.add_weight = _add_weight
+        _patch_users += 1
+    _loading.depth = getattr(_loading, "depth", 0) + 1
     try:
         yield
     finally:
-        keras.layers.Layer.add_weight = original
+        _loading.depth -= 1
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0:
+                keras.layers.Layer.add_weight = _keras_add_weight
 
 
 def return_freed_tensors_to_the_system(threshold=1 << 20):

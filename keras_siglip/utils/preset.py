@@ -65,6 +65,12 @@ def _loads_weights(cls, kwargs):
     return issubclass(cls, (Backbone, Task)) and bool(kwargs.get("load_weights", True))
 
 
+def _is_backbone(cls):
+    from keras_hub.models import Backbone
+
+    return issubclass(cls, Backbone)
+
+
 def saved_policy_map(preset):
     """The serialized `DTypePolicyMap` a quantized backbone was saved with, or
     None. keras-hub's backbone loader passes `dtype=None` over the saved one,
@@ -114,7 +120,18 @@ class PresetMixin:
             kwargs["dtype"] = saved_policy_map(preset)
 
         def load(load_weights):
-            return parent.from_preset(preset, **(kwargs if load_weights else {**kwargs, "load_weights": False}))
+            if not load_weights:
+                return parent.from_preset(preset, **{**kwargs, "load_weights": False})
+            if not (weights and _is_backbone(cls)):
+                return parent.from_preset(preset, **kwargs)
+            from keras_siglip.utils.memory import weights_to_be_loaded
+
+            # A backbone's weights file holds every weight it builds (Keras refuses a layer whose
+            # weights are missing), so random ones would be overwritten at once: on JAX drawing
+            # them compiled one program per weight shape (2.5 of the 3.2 s of loading the shipped
+            # model).
+            with weights_to_be_loaded():
+                return parent.from_preset(preset, **kwargs)
 
         loaded = _load_with_checks(preset, load, weights)
         if weights:

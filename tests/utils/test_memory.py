@@ -2,6 +2,7 @@
 zero weights that cost nothing until written, the swap undone on the way out,
 `convert` building under it, and freed tensors going back to the system."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -18,6 +19,19 @@ from keras_siglip.utils import memory
 def resident_mib():
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def count_entries(monkeypatch, module):
+    """A list that gets one item each time code reading `module.weights_to_be_loaded` enters it."""
+    entered = []
+    real = memory.weights_to_be_loaded
+
+    def spy():
+        entered.append(True)
+        return real()
+
+    monkeypatch.setattr(module, "weights_to_be_loaded", spy)
+    return entered
 
 
 def test_weights_are_zero_inside_and_random_outside():
@@ -39,6 +53,80 @@ def test_the_swap_is_undone_when_the_build_fails():
     assert keras.layers.Layer.add_weight is original
 
 
+def test_only_the_thread_inside_builds_zeros():
+    """A model another thread builds meanwhile (a web server loading a preset
+    while a request builds a classifier head) keeps its random weights."""
+    import threading
+
+    inside, outside = threading.Event(), threading.Event()
+    layers = {}
+
+    def build_outside():
+        inside.wait(timeout=60)
+        layers["outside"] = keras.layers.Dense(8)
+        layers["outside"].build((None, 4))
+        outside.set()
+
+    thread = threading.Thread(target=build_outside)
+    thread.start()
+    with memory.weights_to_be_loaded():
+        inside.set()
+        assert outside.wait(timeout=60)
+        layers["inside"] = keras.layers.Dense(8)
+        layers["inside"].build((None, 4))
+    thread.join()
+    assert np.abs(keras.ops.convert_to_numpy(layers["outside"].kernel)).max() > 0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layers["inside"].kernel), 0.0)
+
+
+def test_a_backbone_preset_loads_without_drawing_random_weights(monkeypatch):
+    """`Backbone.from_preset` builds under `weights_to_be_loaded` and every
+    weight then holds the file's value (equal to a random build that loaded the
+    same file); with `load_weights=False`, and for a task's new head, weights
+    stay random."""
+    from keras_siglip.models import SigLIPBackbone, SigLIPImageClassifier
+    from keras_siglip.presets import SHIPPED_PRESETS
+
+    entered = count_entries(monkeypatch, memory)
+    loaded = SigLIPBackbone.from_preset("siglip2_shapes_tiny")
+    assert entered == [True]
+    reference = SigLIPBackbone.from_preset("siglip2_shapes_tiny", load_weights=False)
+    assert entered == [True]
+    reference.load_weights(os.path.join(SHIPPED_PRESETS["siglip2_shapes_tiny"], "model.weights.h5"))
+    assert [w.path for w in loaded.weights] == [w.path for w in reference.weights]
+    for ours, theirs in zip(loaded.weights, reference.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs))
+
+    classifier = SigLIPImageClassifier.from_preset("siglip2_shapes_tiny", num_classes=5)
+    assert entered == [True, True]  # its image tower, loaded; the new head is not
+    head = next(w for w in classifier.weights if w.path.endswith("kernel") and w.shape[-1] == 5)
+    assert np.abs(keras.ops.convert_to_numpy(head)).max() > 0
+
+
+def test_a_weight_missing_from_a_preset_is_still_refused(tmp_path):
+    """Building with zeros leaves nothing unassigned silently: a preset whose
+    weights file lacks a layer's weights is refused, naming the layer."""
+    import shutil
+
+    import h5py
+
+    from keras_siglip.convert.common import CheckpointMismatch
+    from keras_siglip.models import SigLIPBackbone
+    from keras_siglip.presets import SHIPPED_PRESETS
+    from keras_siglip.utils.checksums import record_checksums
+
+    preset = str(tmp_path / "preset")
+    shutil.copytree(SHIPPED_PRESETS["siglip2_shapes_tiny"], preset)
+    with h5py.File(os.path.join(preset, "model.weights.h5"), "a") as file:
+        groups = []
+        file.visit(lambda name: groups.append(name) if name.endswith("/vars") and len(file[name]) else None)
+        layer = next(name for name in groups if "/dense" in name)
+        del file[layer]
+    record_checksums(preset)  # the damage is the test's, not the disk's
+    with pytest.raises(CheckpointMismatch, match="expected 2 variables, but received 0"):
+        SigLIPBackbone.from_preset(preset)
+
+
 @pytest.mark.skipif(keras.backend.backend() == "tensorflow" or platform.system() != "Linux",
                     reason="torch and JAX on CPU adopt host buffers; resident memory read from /proc")
 def test_weights_cost_nothing_until_written():
@@ -58,14 +146,7 @@ def test_weights_cost_nothing_until_written():
 def test_convert_builds_under_it(monkeypatch, tmp_path):
     """`convert` builds the model under `weights_to_be_loaded` (and a real
     conversion still loads every weight: the readers' round-trip tests)."""
-    entered = []
-    real = memory.weights_to_be_loaded
-
-    def spy():
-        entered.append(True)
-        return real()
-
-    monkeypatch.setattr(convert, "weights_to_be_loaded", spy)
+    entered = count_entries(monkeypatch, convert)
     from tests.helpers import tiny_backbone
     from keras_siglip.convert.huggingface import write_huggingface
 
