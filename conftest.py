@@ -68,3 +68,22 @@ try:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # hypothesis is a test extra
     pass
+
+
+def pytest_collection_modifyitems(items):
+    """Longest work first: the guides (one to three minutes each, in
+    test_guides' order), then modules with the most tests. pytest-xdist hands
+    each worker the next module (or guide class) as it frees up, in this order
+    (pytest.ini turns off its own reordering, which sorts by test count alone
+    and so put all sixteen single-test guides last: a pass ended with one
+    worker running a long guide while the other idled or ran a second one)."""
+    per_module = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        per_module[module] = per_module.get(module, 0) + 1
+
+    def order(item):
+        module = item.nodeid.split("::")[0]
+        return (module != "integration_tests/test_guides.py", -per_module[module])
+
+    items.sort(key=order)
