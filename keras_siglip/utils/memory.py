@@ -45,8 +45,22 @@ _patch_users = 0  # threads inside a context; Keras' own add_weight is swapped w
 _keras_add_weight = None
 
 
+def _make_initializer(layer, args, kwargs):
+    """Make the initializer Keras' `add_weight` would make (and not use it): a random one
+    named by a string, or the default `glorot_uniform`, draws its seed from Python's
+    `random` when made, so models built after this one get the random weights they would
+    have got."""
+    initializer = args[1] if len(args) > 1 else kwargs.get("initializer")
+    if initializer is None:
+        dtype = args[2] if len(args) > 2 else kwargs.get("dtype")
+        dtype = layer.variable_dtype if dtype is None else keras.backend.standardize_dtype(dtype)
+        initializer = "glorot_uniform" if "float" in dtype else "zeros"
+    keras.initializers.get(initializer)
+
+
 def _add_weight(self, *args, **kwargs):
     if getattr(_loading, "depth", 0):
+        _make_initializer(self, args, kwargs)
         if len(args) > 1:  # legacy positional (shape, initializer, dtype)
             args = (args[0], _untouched_zeros) + tuple(args[2:])
         else:

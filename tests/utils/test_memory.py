@@ -103,6 +103,22 @@ def test_a_backbone_preset_loads_without_drawing_random_weights(monkeypatch):
     assert np.abs(keras.ops.convert_to_numpy(head)).max() > 0
 
 
+def test_models_built_after_a_preset_get_the_random_weights_they_got_before():
+    """Loading a preset draws from Python's `random` as building it randomly
+    does (Keras seeds each initializer it makes from it), so a guide's fresh
+    model after `from_preset` starts from the same weights as before."""
+    from keras_siglip.models import SigLIPBackbone
+
+    def head_after(**kwargs):
+        keras.utils.set_random_seed(0)
+        SigLIPBackbone.from_preset("siglip2_shapes_tiny", **kwargs)
+        head = keras.layers.Dense(8)
+        head.build((None, 4))
+        return keras.ops.convert_to_numpy(head.kernel)
+
+    np.testing.assert_array_equal(head_after(), head_after(load_weights=False))
+
+
 def test_a_weight_missing_from_a_preset_is_still_refused(tmp_path):
     """Building with zeros leaves nothing unassigned silently: a preset whose
     weights file lacks a layer's weights is refused, naming the layer."""
