@@ -65,12 +65,6 @@ def _loads_weights(cls, kwargs):
     return issubclass(cls, (Backbone, Task)) and bool(kwargs.get("load_weights", True))
 
 
-def _is_backbone(cls):
-    from keras_hub.models import Backbone
-
-    return issubclass(cls, Backbone)
-
-
 def saved_policy_map(preset):
     """The serialized `DTypePolicyMap` a quantized backbone was saved with, or
     None. keras-hub's backbone loader passes `dtype=None` over the saved one,
@@ -111,25 +105,26 @@ class PresetMixin:
         or inf raise `NonFiniteWeights` naming them unless `allow_nan=True`
         (also passed on to a conversion).
         """
+        from keras_hub.models import Backbone
+
         from keras_siglip.convert import resolve_preset
+        from keras_siglip.utils.memory import weights_to_be_loaded
 
         preset = check_preset(resolve_preset(preset, allow_nan=allow_nan))
         parent = super()
         weights = _loads_weights(cls, kwargs)
+        # A backbone's weights file holds every weight it builds (Keras refuses a layer whose
+        # weights are missing), so random ones would be overwritten at once: on JAX drawing them
+        # compiled one program per weight shape (2.5 of the 3.2 s of loading the shipped model).
+        placeholders = weights and issubclass(cls, Backbone)
         if weights and kwargs.get("dtype") is None and saved_policy_map(preset):
             kwargs["dtype"] = saved_policy_map(preset)
 
         def load(load_weights):
             if not load_weights:
                 return parent.from_preset(preset, **{**kwargs, "load_weights": False})
-            if not (weights and _is_backbone(cls)):
+            if not placeholders:
                 return parent.from_preset(preset, **kwargs)
-            from keras_siglip.utils.memory import weights_to_be_loaded
-
-            # A backbone's weights file holds every weight it builds (Keras refuses a layer whose
-            # weights are missing), so random ones would be overwritten at once: on JAX drawing
-            # them compiled one program per weight shape (2.5 of the 3.2 s of loading the shipped
-            # model).
             with weights_to_be_loaded():
                 return parent.from_preset(preset, **kwargs)
 
