@@ -1,6 +1,5 @@
 """Shared by tests/ and integration_tests/: runs before any framework is imported."""
 
-import ctypes.util
 import os
 import sys
 import tempfile
@@ -18,20 +17,6 @@ pytest.register_assert_rewrite("tests.helpers")
 # results), so the test run keeps it, for its own imports and every subprocess's.
 if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
     sys.dont_write_bytecode = False
-
-# Memory allocator. XLA:CPU takes each run's temporaries as one large buffer, which glibc's
-# malloc gets from the kernel and gives back at every step (mmap/munmap), so training faults
-# in fresh zeroed pages all the time: the JAX LocCa guide took 13.4 million page faults and
-# 29 s of system time in 102 s. tcmalloc keeps freed memory for reuse (0.56 million faults,
-# 4 s): the JAX pass's sixteen guides took 553 s instead of 676 s side by side (`-n 2`, 1050
-# instead of 1264 CPU seconds), printing the same numbers; TensorFlow's resume tests 123 s
-# instead of 133 s. Only the allocator changes. CI installs Debian's libtcmalloc-minimal4;
-# without it, or with KERAS_SIGLIP_TEST_TCMALLOC=0, glibc's malloc is used. Set here, in the
-# process that starts the test workers, it is loaded by the workers and all they start.
-_tcmalloc = os.environ.get("KERAS_SIGLIP_TEST_TCMALLOC") != "0" and ctypes.util.find_library("tcmalloc_minimal")
-if _tcmalloc and "tcmalloc" not in os.environ.get("LD_PRELOAD", ""):
-    os.environ["LD_PRELOAD"] = " ".join(filter(None, [os.environ.get("LD_PRELOAD"), _tcmalloc]))
-    os.environ.setdefault("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", str(1 << 40))  # no stderr notes
 
 # Under pytest-xdist every worker gets an equal share of the cores. Thread pools
 # sized for the whole machine (torch's OpenMP, TensorFlow's, XLA's Eigen pool) in
