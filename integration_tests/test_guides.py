@@ -61,9 +61,8 @@ TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_em
 # the time: the JAX LocCa guide took 13.4 million page faults and 29 s of system time in 102 s.
 # tcmalloc keeps freed memory for reuse (0.56 million faults, 4 s): the sixteen guides on JAX, two
 # side by side, took 553 s instead of 676 s, printing the same numbers. Only the guides get it: the
-# test workers stay on glibc's malloc, whose memory return tests/utils/test_memory checks, and
-# with every worker on tcmalloc the JAX pass's other tests took 2215 s of test time (1729 s in the
-# CI run before) while the workers grew to 7-10 GB. CI installs Debian's libtcmalloc-minimal4;
+# test workers stay on glibc's malloc, whose return of freed memory tests/utils/test_memory checks
+# (two of its tests failed with every worker on tcmalloc). CI installs Debian's libtcmalloc-minimal4;
 # without it, or with KERAS_SIGLIP_TEST_TCMALLOC=0, the guides run on glibc's malloc.
 TCMALLOC = os.environ.get("KERAS_SIGLIP_TEST_TCMALLOC") != "0" and ctypes.util.find_library("tcmalloc_minimal")
 
