@@ -71,19 +71,16 @@ except ImportError:  # hypothesis is a test extra
 
 
 def pytest_collection_modifyitems(items):
-    """Longest work first: the guides (one to three minutes each, in
-    test_guides' order), then modules with the most tests. pytest-xdist hands
-    each worker the next module (or guide class) as it frees up, in this order
-    (pytest.ini turns off its own reordering, which sorts by test count alone
-    and so put all sixteen single-test guides last: a pass ended with one
-    worker running a long guide while the other idled or ran a second one)."""
-    per_module = {}
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        per_module[module] = per_module.get(module, 0) + 1
+    """Longest work first. pytest-xdist hands each worker the next module (or
+    test class: each guide is one) as it frees up, in this order; started
+    longest first, the pass ends with short modules on both workers instead of
+    one worker still busy with a long one while the other idles. The seconds
+    come from a CI run (tests/durations.py); a module missing from it is
+    estimated from its number of tests. pytest.ini turns off xdist's own
+    reordering, which sorts by test count alone (it put the sixteen single-test
+    guides, one to three minutes each, last)."""
+    from tests import durations
 
-    def order(item):
-        module = item.nodeid.split("::")[0]
-        return (module != "integration_tests/test_guides.py", -per_module[module])
-
-    items.sort(key=order)
+    by_id = {item.nodeid: item for item in items}
+    order = durations.longest_first(list(by_id), durations.load(os.environ.get("KERAS_BACKEND", "jax")))
+    items[:] = [by_id[nodeid] for nodeid in order]
